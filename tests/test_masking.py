@@ -1,0 +1,162 @@
+import pytest
+import torch
+import transformers
+
+from spacy_unmasked import UnmaskSpecError, resolve_layers, unmask
+from spacy_unmasked.families import UnsupportedModelError
+
+from .tiny import BACKENDS, FAMILIES, tiny_model
+
+CASES = [(family, backend) for family in FAMILIES for backend in BACKENDS]
+
+
+def hidden(model, input_ids, attention_mask=None):
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def ids(*rows):
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("family,backend", CASES)
+def test_none_is_stock_and_remove_restores(family, backend):
+    model = tiny_model(family, backend)
+    x = ids([5, 9, 17, 33, 8, 12])
+    stock = hidden(model, x)
+    handle = unmask(model, "none")
+    assert torch.equal(hidden(model, x), stock)
+    handle.remove()
+    handle = unmask(model, "all")
+    assert not torch.allclose(hidden(model, x), stock, atol=1e-4)
+    handle.remove()
+    assert torch.equal(hidden(model, x), stock)
+    assert all(layer.self_attn.is_causal for layer in model.layers)
+
+
+@pytest.mark.parametrize("family,backend", CASES)
+@pytest.mark.parametrize("spec", ["all", "0001", [-1]])
+def test_unmasked_layer_sees_right_context(family, backend, spec):
+    model = tiny_model(family, backend)
+    a = ids([5, 9, 17, 33, 8, 12])
+    b = ids([5, 9, 17, 33, 8, 99])
+    causal_a, causal_b = hidden(model, a), hidden(model, b)
+    assert torch.equal(causal_a[0, 4], causal_b[0, 4])
+    handle = unmask(model, spec)
+    bi_a, bi_b = hidden(model, a), hidden(model, b)
+    assert not torch.allclose(bi_a[0, 4], bi_b[0, 4], atol=1e-5)
+    # layers before the first unmasked layer are untouched, so the first token's
+    # state changes only through unmasked layers: spec "0001" keeps layers 0-2 causal.
+    handle.remove()
+
+
+@pytest.mark.parametrize("family,backend", CASES)
+@pytest.mark.parametrize("spec", ["none", "0101", "all"])
+def test_padding_is_never_attended(family, backend, spec):
+    model = tiny_model(family, backend)
+    unmask(model, spec)
+    long_row = [5, 9, 17, 33, 8, 12, 40]
+    short_row = [7, 21, 3]
+    batch = ids(long_row, short_row + [0] * 4)
+    mask = ids([1] * 7, [1] * 3 + [0] * 4)
+    padded = hidden(model, batch, mask)
+    alone_long = hidden(model, ids(long_row))
+    alone_short = hidden(model, ids(short_row))
+    torch.testing.assert_close(padded[0], alone_long[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[1, :3], alone_short[0], atol=1e-5, rtol=1e-5)
+    other_pads = hidden(model, ids(long_row, short_row + [50, 60, 70, 80]), mask)
+    torch.testing.assert_close(other_pads[1, :3], padded[1, :3], atol=1e-6, rtol=1e-6)
+    # a batch of one with an explicit all-ones mask equals the same row without a mask
+    single = hidden(model, ids(short_row), ids([1, 1, 1]))
+    torch.testing.assert_close(single, alone_short, atol=1e-6, rtol=1e-6)
+
+
+def test_spec_picks_the_right_layers_of_a_causal_lm():
+    torch.manual_seed(0)
+    from .tiny import tiny_config
+
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=6))
+    assert resolve_layers(model, "0011") == [4, 5]  # groups of 2, 2, 1, 1
+    assert resolve_layers(model, "1000") == [0, 1]
+    assert resolve_layers(7, "0011") == [4, 5, 6]
+    handle = unmask(model, "01")
+    assert [layer.self_attn.is_causal for layer in model.model.layers] == [True] * 3 + [False] * 3
+    assert handle.layers == (3, 4, 5)
+    with pytest.raises(ValueError, match="already unmasked"):
+        unmask(model, "all")
+    handle.remove()
+    assert all(layer.self_attn.is_causal for layer in model.model.layers)
+
+
+def test_mixed_spec_keeps_lower_layers_causal():
+    """With only the last layer unmasked, a later token still changes an earlier
+    token's final state, but not its input to the last layer."""
+    model = tiny_model("llama", "sdpa")
+    unmask(model, [-1])
+    a, b = ids([5, 9, 17, 33]), ids([5, 9, 17, 99])
+    with torch.no_grad():
+        out_a = model(input_ids=a, output_hidden_states=True)
+        out_b = model(input_ids=b, output_hidden_states=True)
+    assert torch.equal(out_a.hidden_states[-2][0, 1], out_b.hidden_states[-2][0, 1])
+    assert not torch.allclose(out_a.last_hidden_state[0, 1], out_b.last_hidden_state[0, 1])
+
+
+def test_sliding_window_is_symmetric_in_unmasked_layers():
+    model = tiny_model("mistral-sliding", "sdpa", num_hidden_layers=1)
+    unmask(model, "all")
+    base = list(range(10, 22))
+    near, far = list(base), list(base)
+    near[5 + 3] = 99  # within the 4-token window of position 5
+    far[5 + 4] = 99  # just outside it
+    h = hidden(model, ids(base))[0, 5]
+    assert not torch.allclose(hidden(model, ids(near))[0, 5], h)
+    torch.testing.assert_close(hidden(model, ids(far))[0, 5], h)
+
+
+def test_gradient_checkpointing_and_peft_keep_unmasking():
+    import peft
+
+    model = tiny_model("llama", "sdpa")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    handle = unmask(wrapped, "all")
+    a, b = ids([5, 9, 17, 33]), ids([5, 9, 17, 99])
+    out_a = wrapped(input_ids=a).last_hidden_state
+    out_b = wrapped(input_ids=b).last_hidden_state
+    assert not torch.allclose(out_a[0, 0], out_b[0, 0])
+    out_a.sum().backward()
+    grads = [p.grad for n, p in wrapped.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads)
+    handle.remove()
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("0021", "bit string"),
+        ("", "bit string"),
+        ("00000", "at most 4 bits"),
+        ([4], "out of range"),
+        ([0, -4], "twice"),
+        (["1"], "not a layer index"),
+        (3, "has type int"),
+    ],
+)
+def test_bad_specs_are_rejected(spec, message):
+    model = tiny_model("llama")
+    with pytest.raises(UnmaskSpecError, match=message):
+        unmask(model, spec)
+    assert all(layer.self_attn.is_causal for layer in model.layers)
+
+
+def test_unsupported_family_and_backend():
+    bert = transformers.BertModel(
+        transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    with pytest.raises(UnsupportedModelError, match="Supported families: llama"):
+        unmask(bert, "all")
+    model = tiny_model("llama", "sdpa")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(UnsupportedModelError, match="Supported backends: eager, sdpa"):
+        unmask(model, "all")
