@@ -54,3 +54,57 @@ def tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, *
     config = tiny_config(family, attn_implementation, **overrides)
     model = transformers.AutoModel.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+TRAINING_TEXTS = [
+    "Apple Inc. hired Jane Smith in Cupertino last May.",
+    "Barack Obama visited Berlin and Paris with Angela Merkel.",
+    "The Mistral model runs on a laptop; Llama needs more memory!",
+    "Visit https://example.com or email info@example.com for help.",
+    "Zürich, São Paulo and Kraków are cities. 東京 too. 🙂",
+    "New York Yankees beat Boston Red Sox 5-3 on Sunday night.",
+]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def tiny_tokenizer(kind: str = "byte-level"):
+    """A small BPE tokenizer trained here: byte-level (GPT-2 style, offsets keep
+    the leading space) or metaspace (SentencePiece style, ``▁``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "byte-level":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "metaspace":
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        alphabet = []
+    else:
+        raise ValueError(kind)
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(TRAINING_TEXTS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="right",
+    )
+
+
+def save_tiny_pretrained(path, family: str = "llama", *, tokenizer: str = "byte-level", seed: int = 0, **overrides):
+    """Save a tiny random decoder and its tokenizer as a Hugging Face folder."""
+    tok = tiny_tokenizer(tokenizer)
+    settings = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id)
+    settings.update(overrides)
+    model = tiny_model(family, "sdpa", seed=seed, **settings)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path

@@ -1,0 +1,6 @@
+"""Thinc layers of spacy-unmasked."""
+
+from .model import UnmaskedTransformerModel
+from .shim import UnmaskedShim
+
+__all__ = ["UnmaskedTransformerModel", "UnmaskedShim"]

@@ -1,0 +1,82 @@
+"""The thinc model: docs → pieces → unmasked decoder → float32 features,
+packed as spacy-transformers' ``FullTransformerBatch`` for its listeners."""
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from spacy.tokens import Doc
+from spacy_transformers.data_classes import FullTransformerBatch
+from thinc.api import Model
+from thinc.types import ArgsKwargs
+from transformers.utils import ModelOutput
+
+from ..pieces import encode_spans
+from ..settings import TransformerSettings
+from .shim import UnmaskedShim
+
+
+def UnmaskedTransformerModel(
+    settings: TransformerSettings,
+    get_spans: Callable,
+    *,
+    mixed_precision: bool = False,
+    grad_scaler_config: Optional[dict] = None,
+) -> Model[List[Doc], FullTransformerBatch]:
+    """Build the model; the decoder itself loads on ``initialize`` or from disk."""
+    shim = UnmaskedShim(settings, mixed_precision=mixed_precision, grad_scaler_config=grad_scaler_config)
+    return Model(
+        "unmasked-transformer",
+        forward,
+        init=init,
+        shims=[shim],
+        dims={"nO": None},
+        attrs={"get_spans": get_spans},
+    )
+
+
+def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    """Load the pretrained decoder (unless already loaded) and set ``nO``."""
+    shim: UnmaskedShim = model.shims[0]
+    if not shim.is_loaded:
+        shim.load_pretrained()
+    model.set_dim("nO", shim.hidden_size)
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTransformerBatch, Callable]:
+    """Encode docs, run the decoder, return float32 hidden states per span."""
+    shim: UnmaskedShim = model.shims[0]
+    settings = shim.settings
+    batch = encode_spans(
+        shim.tokenizer, model.attrs["get_spans"](docs), max_length=settings.max_length, add_bos=settings.add_bos
+    )
+    if len(batch.wordpieces) == 0:
+        return FullTransformerBatch.empty(len(docs)), lambda d_batch: docs
+    device = shim.device
+    inputs = ArgsKwargs(
+        args=(),
+        kwargs={
+            "input_ids": torch.from_numpy(batch.wordpieces.input_ids).to(device),
+            "attention_mask": torch.from_numpy(batch.wordpieces.attention_mask).to(device),
+            "use_cache": False,
+        },
+    )
+    trains = is_train and shim.has_trainable_weights
+    if trains:
+        output, backprop_shim = shim.begin_update(inputs)
+    else:
+        output = shim.predict(inputs)
+    features = output.last_hidden_state.float()
+    result = FullTransformerBatch(
+        spans=batch.spans,
+        wordpieces=batch.wordpieces,
+        model_output=ModelOutput(last_hidden_state=features),
+        align=batch.align,
+    )
+
+    def backprop(d_batch: FullTransformerBatch) -> List[Doc]:
+        if trains:
+            d_features = next(iter(d_batch.model_output.values())).to(features.device)
+            backprop_shim(ArgsKwargs(args=(features,), kwargs={"grad_tensors": (d_features,)}))
+        return docs
+
+    return result, backprop

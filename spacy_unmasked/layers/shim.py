@@ -1,0 +1,211 @@
+"""The PyTorch shim: owns the Hugging Face decoder and tokenizer and saves a
+pipeline as adapter-only (LoRA), full safetensors shards (full fine-tuning) or
+settings only (frozen base), never as one pickled blob."""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import srsly
+import torch
+from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
+
+from .. import __version__
+from ..loading import (
+    BaseModelMismatchError,
+    apply_lora,
+    base_fingerprint,
+    build_transformer,
+    check_fingerprint,
+    configure_training,
+    load_base_model,
+    load_tokenizer,
+)
+from ..masking import UnmaskHandle, unmask
+from ..settings import TransformerSettings
+
+FORMAT_VERSION = 1
+MANIFEST = "unmasked.json"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_FILE = "adapter.safetensors"
+WEIGHTS_DIR = "weights"
+# Settings that decide what the saved weights mean: they must match when loading.
+_BINDING_SETTINGS = ("unmask", "lora", "freeze_base", "add_bos")
+
+
+class PipelineFormatError(ValueError):
+    """A saved transformer that cannot be loaded as it is."""
+
+
+class UnmaskedShim(PyTorchShim):
+    """Thinc shim around a Hugging Face decoder with unmasked layers."""
+
+    def __init__(self, settings: TransformerSettings, *, mixed_precision: bool = False, grad_scaler_config: Optional[dict] = None):
+        grad_scaler_config = dict(grad_scaler_config or {})
+        grad_scaler_config.setdefault("enabled", mixed_precision)
+        super().__init__(None, mixed_precision=mixed_precision, grad_scaler=PyTorchGradScaler(**grad_scaler_config))
+        self.settings = settings
+        self.tokenizer = None
+        self.handle: Optional[UnmaskHandle] = None
+        self.fingerprint: Optional[Dict[str, Any]] = None
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the decoder has been loaded."""
+        return self._model is not None
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the decoder's hidden states."""
+        return self._model.config.hidden_size
+
+    @property
+    def has_trainable_weights(self) -> bool:
+        """Whether any transformer weight receives gradients."""
+        return any(p.requires_grad for p in self._model.parameters())
+
+    def load_pretrained(self) -> None:
+        """Load tokenizer and base as the settings say, with fresh LoRA adapters."""
+        settings = self.settings
+        self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
+        self._model, self.handle = build_transformer(settings, get_torch_default_device())
+        self.fingerprint = base_fingerprint(settings, self._model)
+
+    def predict(self, inputs):
+        """Run the decoder without autograd, in eval mode."""
+        self._model.eval()
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self._mixed_precision):
+            outputs = self._model(*inputs.args, **inputs.kwargs)
+        return outputs
+
+    # Saving ---------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the transformer to the folder ``path`` (created or replaced)."""
+        if not self.is_loaded:
+            raise ValueError("Cannot save an uninitialized transformer: call nlp.initialize() first.")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+        if self.settings.lora is not None:
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self._model).items()}
+            save_file(state, str(path / ADAPTER_FILE))
+            weights = "lora"
+        elif self.settings.trains_base:
+            self._model.save_pretrained(str(path / WEIGHTS_DIR), safe_serialization=True, max_shard_size="2GB")
+            weights = "full"
+        else:
+            weights = "none"
+        manifest = {
+            "format": FORMAT_VERSION,
+            "spacy_unmasked": __version__,
+            "weights": weights,
+            "settings": self.settings.to_dict(),
+            "base": self.fingerprint,
+        }
+        (path / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf8")
+
+    def load(self, path: Path) -> None:
+        """Rebuild the transformer from a folder written by :meth:`save`."""
+        path = Path(path)
+        manifest = _read_manifest(path)
+        self._check_settings(TransformerSettings.from_dict(manifest["settings"]))
+        settings, device = self.settings, get_torch_default_device()
+        self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR))
+        if manifest["weights"] == "full":
+            model = load_base_model(settings, device, source=str(path / WEIGHTS_DIR))
+            configure_training(model, settings)
+            self.fingerprint = manifest["base"]
+        else:
+            model = load_base_model(settings, device)
+            self.fingerprint = base_fingerprint(settings, model)
+            check_fingerprint(manifest["base"], self.fingerprint)
+            configure_training(model, settings)
+            if manifest["weights"] == "lora":
+                model = apply_lora(model, settings.lora)
+                _load_adapter(model, path / ADAPTER_FILE)
+        self._model = model
+        self.handle = unmask(model, settings.unmask)
+
+    def _check_settings(self, saved: TransformerSettings) -> None:
+        for key in _BINDING_SETTINGS:
+            if getattr(saved, key) != getattr(self.settings, key):
+                raise PipelineFormatError(
+                    f"The saved transformer was trained with {key} = {getattr(saved, key)!r} but the "
+                    f"config now says {getattr(self.settings, key)!r}: restore the saved value in the "
+                    "config (or train a new pipeline)."
+                )
+
+    def to_bytes(self) -> bytes:
+        """Pack the folder written by :meth:`save` (or only the settings, before
+        initialization) into msgpack: one entry per file."""
+        if not self.is_loaded:
+            return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": {}})
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(Path(tmp))
+            files = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+        return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": files})
+
+    def from_bytes(self, bytes_data: bytes) -> "UnmaskedShim":
+        """Inverse of :meth:`to_bytes`."""
+        msg = srsly.msgpack_loads(bytes_data)
+        if not msg.get("files"):
+            return self
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in msg["files"].items():
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            self.load(Path(tmp))
+        return self
+
+
+def _read_manifest(path: Path) -> Dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise PipelineFormatError(
+            f"{manifest_path} is missing: this folder was not saved by spacy-unmasked or the save "
+            "was interrupted. Save the pipeline again with nlp.to_disk()."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf8"))
+    except json.JSONDecodeError as error:
+        raise PipelineFormatError(f"{manifest_path} is corrupted ({error}): save the pipeline again.") from error
+    if manifest.get("format", 0) > FORMAT_VERSION:
+        raise PipelineFormatError(
+            f"This pipeline was saved by spacy-unmasked {manifest.get('spacy_unmasked')} in format "
+            f"{manifest['format']}, newer than this version ({__version__}) reads: "
+            "pip install -U spacy-unmasked."
+        )
+    return manifest
+
+
+def _load_adapter(model: torch.nn.Module, adapter_path: Path) -> None:
+    """Load saved LoRA weights, refusing an adapter that does not fit the model."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not adapter_path.exists():
+        raise PipelineFormatError(f"The LoRA adapter {adapter_path} is missing: save the pipeline again.")
+    try:
+        state = load_file(str(adapter_path))
+    except (SafetensorError, OSError) as error:
+        raise PipelineFormatError(f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again.") from error
+    expected = get_peft_model_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise BaseModelMismatchError(
+            f"The LoRA adapter {adapter_path} does not fit this model (missing {len(missing)}, unexpected "
+            f"{len(unexpected)}, wrong shape {len(wrong_shape)} tensors, e.g. "
+            f"{(missing + unexpected + wrong_shape)[:2]}): load it with the base model and LoRA settings "
+            "it was trained with."
+        )
+    set_peft_model_state_dict(model, state)

@@ -1,0 +1,80 @@
+"""Docs → right-padded piece batches, with spans split to fit ``max_length``."""
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy
+from spacy.tokens import Span
+from spacy_transformers.data_classes import WordpieceBatch
+from thinc.types import Ragged
+
+from .alignment import align_span, build_alignment
+
+
+@dataclass
+class EncodedBatch:
+    """Spans (nested per doc), their padded pieces and the token alignment."""
+
+    spans: List[List[Span]]
+    wordpieces: WordpieceBatch
+    align: Ragged
+
+
+def encode_spans(
+    tokenizer, nested_spans: List[List[Span]], *, max_length: int, add_bos: bool
+) -> EncodedBatch:
+    """Tokenize spans without the tokenizer's own special tokens, prepend BOS
+    if asked, split any span whose pieces exceed ``max_length`` so that every
+    token is covered, right-pad and align pieces to tokens."""
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    budget = max_length - len(bos)
+    spans_out: List[List[Span]] = []
+    rows: List[Tuple[Span, List[int], numpy.ndarray]] = []
+    for doc_spans in nested_spans:
+        fitted = _fit(tokenizer, [span for span in doc_spans if len(span)], budget)
+        spans_out.append([span for span, _, _ in fitted])
+        rows.extend(fitted)
+    width = max((len(ids) for _, ids, _ in rows), default=0) + len(bos)
+    input_ids = numpy.full((len(rows), width), tokenizer.pad_token_id, dtype="int64")
+    attention_mask = numpy.zeros((len(rows), width), dtype="float32")
+    strings, lengths, per_span = [], [], []
+    for row, (span, ids, offsets) in enumerate(rows):
+        length = len(bos) + len(ids)
+        input_ids[row, :length] = bos + ids
+        attention_mask[row, :length] = 1.0
+        lengths.append(length)
+        strings.append(tokenizer.convert_ids_to_tokens(input_ids[row, :length].tolist()))
+        per_span.append(align_span(span, offsets))
+    wordpieces = WordpieceBatch(
+        strings=strings,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        lengths=lengths,
+        token_type_ids=None,
+    )
+    align = build_alignment([span for span, _, _ in rows], per_span, width=width, first_piece=len(bos))
+    return EncodedBatch(spans=spans_out, wordpieces=wordpieces, align=align)
+
+
+def _fit(tokenizer, spans: List[Span], budget: int) -> List[Tuple[Span, List[int], numpy.ndarray]]:
+    """Encode spans, halving (by tokens) those with more than ``budget`` pieces.
+    A single token longer than the budget keeps its first ``budget`` pieces."""
+    if not spans:
+        return []
+    encoded = tokenizer(
+        [span.text for span in spans],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+    )
+    fitted = []
+    for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"]):
+        if len(ids) <= budget:
+            fitted.append((span, ids, numpy.asarray(offsets, dtype="i").reshape(-1, 2)))
+        elif len(span) > 1:
+            middle = span.start + len(span) // 2
+            halves = [span.doc[span.start : middle], span.doc[middle : span.end]]
+            fitted.extend(_fit(tokenizer, halves, budget))
+        else:
+            fitted.append((span, ids[:budget], numpy.asarray(offsets[:budget], dtype="i").reshape(-1, 2)))
+    return fitted

@@ -1,0 +1,137 @@
+import shutil
+
+import numpy
+import pytest
+import spacy
+import torch
+import transformers
+
+from spacy_unmasked import resolve_layers, unmask
+from spacy_unmasked.loading import BaseModelMismatchError, BaseModelNotFoundError
+
+from .pipelines import TRAIN, examples, lora, make_nlp, train
+from .tiny import save_tiny_pretrained
+
+TEXTS = [text for text, _ in TRAIN] + ["Jane Smith visited Berlin.", "Apple"]
+
+
+def features(nlp, texts=TEXTS):
+    return [doc._.trf_data.model_output.last_hidden_state for doc in nlp.pipe(texts)]
+
+
+def predictions(nlp, texts=TEXTS):
+    docs = list(nlp.pipe(texts))
+    ents = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]
+    spans = [[(s.start, s.end, s.label_) for s in doc.spans.get("sc", [])] for doc in docs]
+    scores = [doc.spans["sc"].attrs["scores"].tolist() if "sc" in doc.spans else [] for doc in docs]
+    return ents, spans, scores
+
+
+def assert_same_outputs(nlp_a, nlp_b):
+    for a, b in zip(features(nlp_a), features(nlp_b)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    ents_a, spans_a, scores_a = predictions(nlp_a)
+    ents_b, spans_b, scores_b = predictions(nlp_b)
+    assert ents_a == ents_b and spans_a == spans_b
+    for x, y in zip(scores_a, scores_b):
+        numpy.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_features_match_hugging_face_with_the_same_spec(tiny_llama_dir):
+    nlp = make_nlp(tiny_llama_dir, unmask="0011", components=())
+    nlp.initialize()
+    doc = nlp("Jane Smith visited Berlin.")
+    data = doc._.trf_data
+    assert list(data.model_output.keys()) == ["last_hidden_state"]
+    assert data.model_output.last_hidden_state.dtype == numpy.float32
+    hf = transformers.AutoModel.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
+    unmask(hf, "0011")
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor(data.wordpieces.input_ids)).last_hidden_state.numpy()
+    numpy.testing.assert_allclose(data.model_output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    assert resolve_layers(nlp.get_pipe("transformer").model.shims[0]._model, "0011") == [2, 3]
+
+
+@pytest.mark.parametrize("factory", ["unmasked_transformer", "transformer"])
+def test_lora_training_ner_and_spancat_then_round_trip(tiny_llama_dir, tmp_path, factory):
+    nlp = make_nlp(tiny_llama_dir, factory=factory, lora=lora(), components=("ner", "spancat"))
+    optimizer = nlp.initialize(lambda: examples(nlp))
+    nlp.to_disk(tmp_path / "untrained")
+    assert_same_outputs(nlp, spacy.load(tmp_path / "untrained"))
+
+    shim = nlp.get_pipe("transformer").model.shims[0]
+    before = {k: v.clone() for k, v in shim._model.named_parameters()}
+    history = train(nlp, steps=20, optimizer=optimizer)
+    assert sum(h["ner"] for h in history[-3:]) / 3 < 0.9 * history[0]["ner"]
+    assert history[-1]["spancat"] < history[0]["spancat"] / 3
+    for name, value in shim._model.named_parameters():
+        changed = not torch.equal(before[name], value)
+        assert changed == ("lora_B" in name or "lora_A" in name), name
+        assert value.dtype == torch.float32
+    nlp.to_disk(tmp_path / "trained")
+    reloaded = spacy.load(tmp_path / "trained")
+    assert_same_outputs(nlp, reloaded)
+    # adapter and tokenizer only: far smaller than the base weights
+    base_bytes = (tiny_llama_dir / "model.safetensors").stat().st_size
+    saved = sum(p.stat().st_size for p in (tmp_path / "trained" / "transformer").rglob("*") if p.is_file())
+    assert saved < base_bytes / 3
+
+
+def test_full_fine_tuning_saves_safetensors_shards(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, components=("ner",))
+    shim_params = None
+    history = train(nlp, steps=6)
+    assert history[-1]["ner"] < history[0]["ner"]
+    shim_params = dict(nlp.get_pipe("transformer").model.shims[0]._model.named_parameters())
+    stock = transformers.AutoModel.from_pretrained(tiny_llama_dir)
+    changed = [n for n, p in stock.named_parameters() if not torch.equal(p, shim_params[n])]
+    assert len(changed) > len(shim_params) // 2
+    nlp.to_disk(tmp_path / "full")
+    weights = list((tmp_path / "full" / "transformer" / "model" / "weights").glob("*.safetensors"))
+    assert weights
+    assert_same_outputs(nlp, spacy.load(tmp_path / "full"))
+
+
+def test_frozen_base_gets_no_gradients(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, freeze_base=True, components=("ner",))
+    nlp.initialize()
+    shim = nlp.get_pipe("transformer").model.shims[0]
+    before = {k: v.clone() for k, v in shim._model.named_parameters()}
+    history = train(nlp, steps=5)
+    assert history[-1]["ner"] < history[0]["ner"]
+    assert all(torch.equal(before[k], v) and v.grad is None for k, v in shim._model.named_parameters())
+    nlp.to_disk(tmp_path / "frozen")
+    assert not list((tmp_path / "frozen").rglob("*.safetensors"))
+    assert_same_outputs(nlp, spacy.load(tmp_path / "frozen"))
+
+
+def test_saved_pipeline_checks_its_base(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
+    train(nlp, steps=2)
+    nlp.to_disk(tmp_path / "p")
+
+    def override(name):
+        return {"components": {"transformer": {"model": {"name": str(name)}}}}
+
+    moved = shutil.copytree(tiny_llama_dir, tmp_path / "moved-base")
+    assert_same_outputs(nlp, spacy.load(tmp_path / "p", config=override(moved)))
+    other_weights = save_tiny_pretrained(tmp_path / "other", "llama", seed=1)
+    with pytest.raises(BaseModelMismatchError, match="different weights"):
+        spacy.load(tmp_path / "p", config=override(other_weights))
+    other_arch = save_tiny_pretrained(tmp_path / "arch", "llama", num_hidden_layers=2)
+    with pytest.raises(BaseModelMismatchError, match="different architecture"):
+        spacy.load(tmp_path / "p", config=override(other_arch))
+    with pytest.raises(BaseModelNotFoundError, match=r"spacy.load\(path, config="):
+        spacy.load(tmp_path / "p", config=override(tmp_path / "nowhere"))
+
+
+def test_bf16_base_keeps_lora_weights_float32(tiny_llama_dir):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), torch_dtype="bfloat16", components=("ner",))
+    history = train(nlp, steps=3)
+    model = nlp.get_pipe("transformer").model.shims[0]._model
+    dtypes = {p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}
+    assert model.get_base_model().layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert numpy.isfinite(history[-1]["ner"])
+    doc = nlp("Jane Smith visited Berlin.")
+    assert doc._.trf_data.model_output.last_hidden_state.dtype == numpy.float32
