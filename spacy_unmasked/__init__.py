@@ -5,4 +5,4 @@ from .spec import UnmaskSpecError, group_bounds
 
 __version__ = "0.1.0"
 
-__all__ = ["unmask", "resolve_layers", "group_bounds", "UnmaskHandle", "UnmaskSpecError", "__version__"]
+__all__ = ["UnmaskHandle", "UnmaskSpecError", "__version__", "group_bounds", "resolve_layers", "unmask"]

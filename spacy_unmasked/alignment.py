@@ -6,14 +6,14 @@ token never includes the whitespace after it, so a byte-level piece such as
 never leaks into the previous token.
 """
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import numpy
 from spacy.tokens import Span
 from thinc.types import Ragged
 
 
-def align_span(span: Span, piece_offsets: numpy.ndarray) -> List[numpy.ndarray]:
+def align_span(span: Span, piece_offsets: numpy.ndarray) -> list[numpy.ndarray]:
     """For each token of ``span``, the indices of the pieces that cover it.
 
     ``piece_offsets`` holds ``(start, end)`` character offsets relative to the
@@ -26,13 +26,9 @@ def align_span(span: Span, piece_offsets: numpy.ndarray) -> List[numpy.ndarray]:
     if len(piece_offsets) == 0:
         return [numpy.zeros((0,), dtype="i") for _ in range(len(span))]
     p_start, p_end = piece_offsets[:, 0], piece_offsets[:, 1]
-    overlaps = (
-        (p_start[None, :] < ends[:, None])
-        & (p_end[None, :] > starts[:, None])
-        & (p_end > p_start)[None, :]
-    )
+    overlaps = (p_start[None, :] < ends[:, None]) & (p_end[None, :] > starts[:, None]) & (p_end > p_start)[None, :]
     aligned = []
-    for row, token_start in zip(overlaps, starts):
+    for row, token_start in zip(overlaps, starts, strict=False):
         found = numpy.flatnonzero(row).astype("i")
         if found.size == 0:
             found = numpy.array([numpy.abs(p_start - token_start).argmin()], dtype="i")
@@ -41,7 +37,7 @@ def align_span(span: Span, piece_offsets: numpy.ndarray) -> List[numpy.ndarray]:
 
 
 def build_alignment(
-    spans: Sequence[Span], per_span: Sequence[List[numpy.ndarray]], *, width: int, first_piece: int
+    spans: Sequence[Span], per_span: Sequence[list[numpy.ndarray]], *, width: int, first_piece: int
 ) -> Ragged:
     """Merge per-span alignments into one ragged array over the padded batch.
 
@@ -56,15 +52,13 @@ def build_alignment(
             doc_offsets[id(span.doc)] = num_tokens
             num_tokens += len(span.doc)
     token_ids, piece_ids = [], []
-    for row, (span, aligned) in enumerate(zip(spans, per_span)):
+    for row, (span, aligned) in enumerate(zip(spans, per_span, strict=False)):
         first_token = doc_offsets[id(span.doc)] + span.start
         for i, pieces in enumerate(aligned):
             token_ids.append(numpy.full(pieces.shape, first_token + i, dtype="i"))
             piece_ids.append(pieces + row * width + first_piece)
     if not token_ids:
         return Ragged(numpy.zeros((0,), dtype="i"), numpy.zeros((num_tokens,), dtype="i"))
-    pairs = numpy.unique(
-        numpy.stack([numpy.concatenate(token_ids), numpy.concatenate(piece_ids)], axis=1), axis=0
-    )
+    pairs = numpy.unique(numpy.stack([numpy.concatenate(token_ids), numpy.concatenate(piece_ids)], axis=1), axis=0)
     lengths = numpy.bincount(pairs[:, 0], minlength=num_tokens).astype("i")
     return Ragged(pairs[:, 1].astype("i"), lengths)

@@ -4,14 +4,14 @@ Names are versioned and never change meaning: a new signature gets a new
 version. These docstrings are the reference for the config surface.
 """
 
-from typing import Callable, Dict, List, Optional, Union
+from collections.abc import Callable
+from functools import partial
 
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch
 from spacy_transformers.span_getters import get_strided_spans
 from thinc.api import Model
-from functools import partial
 
 from .layers.model import UnmaskedTransformerModel
 from .settings import LoRASettings, QuantizationSettings, TransformerSettings
@@ -21,22 +21,22 @@ from .settings import LoRASettings, QuantizationSettings, TransformerSettings
 def create_unmasked_transformer(
     name: str,
     *,
-    revision: Optional[str] = None,
-    get_spans: Optional[Callable] = None,
-    unmask: Union[str, List[int]] = "all",
-    lora: Optional[LoRASettings] = None,
-    quantization: Optional[QuantizationSettings] = None,
+    revision: str | None = None,
+    get_spans: Callable | None = None,
+    unmask: str | list[int] = "all",
+    lora: LoRASettings | None = None,
+    quantization: QuantizationSettings | None = None,
     freeze_base: bool = False,
     torch_dtype: str = "auto",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
     max_length: int = 512,
     add_bos: bool = True,
-    tokenizer_config: Dict = {},
-    transformer_config: Dict = {},
+    tokenizer_config: dict = {},
+    transformer_config: dict = {},
     mixed_precision: bool = False,
-    grad_scaler_config: Dict = {},
-) -> Model[List[Doc], FullTransformerBatch]:
+    grad_scaler_config: dict = {},
+) -> Model[list[Doc], FullTransformerBatch]:
     """A Hugging Face decoder whose chosen layers attend in both directions, as
     the model of spacy-transformers' ``transformer`` component.
 
@@ -89,7 +89,7 @@ def create_unmasked_transformer(
 
 @registry.misc("spacy-unmasked.LoRA.v1")
 def create_lora(
-    *, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules: List[str] = ["q_proj", "v_proj"]
+    *, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules: list[str] = ["q_proj", "v_proj"]
 ) -> LoRASettings:
     """LoRA adapters (peft): rank ``r``, scaling ``alpha``, ``dropout``, on the
     linear layers named in ``target_modules``. Defaults: the paper's recipe."""
@@ -102,4 +102,6 @@ def create_bitsandbytes(
 ) -> QuantizationSettings:
     """bitsandbytes quantization of the base: 4-bit (``quant_type`` nf4 or fp4,
     optional double quantization, ``compute_dtype``) or 8-bit. Defaults: QLoRA."""
-    return QuantizationSettings(bits=bits, quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype)
+    return QuantizationSettings(
+        bits=bits, quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype
+    )

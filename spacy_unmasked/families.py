@@ -6,8 +6,6 @@ All supported families share one structure, which unmasking relies on: a
 mask by keyword.
 """
 
-from typing import Optional
-
 from torch import nn
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3")
@@ -43,7 +41,7 @@ def check_backend(config) -> str:
 def find_decoder(model: nn.Module) -> nn.Module:
     """Find the decoder stack (e.g. ``LlamaModel``) inside a bare, causal-LM or
     peft-wrapped model, checking its family and attention backend."""
-    decoder: Optional[nn.Module] = None
+    decoder: nn.Module | None = None
     for module in model.modules():
         config = getattr(module, "config", None)
         layers = getattr(module, "layers", None)
@@ -61,7 +59,7 @@ def find_decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
-def sliding_window(attention: nn.Module) -> Optional[int]:
+def sliding_window(attention: nn.Module) -> int | None:
     """The sliding window of one attention module, or None for full attention."""
     if hasattr(attention, "sliding_window"):  # qwen2, qwen3, gemma2: per layer
         return attention.sliding_window

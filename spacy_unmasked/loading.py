@@ -5,7 +5,7 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
@@ -23,7 +23,7 @@ class BaseModelMismatchError(ValueError):
     """The base model found differs from the one a pipeline was trained on."""
 
 
-def _source(name: str) -> Tuple[str, Dict[str, Any]]:
+def _source(name: str) -> tuple[str, dict[str, Any]]:
     """Split a GGUF file path into its folder and ``gguf_file`` argument."""
     path = Path(name)
     if path.suffix == ".gguf":
@@ -44,16 +44,14 @@ def load_base_config(settings: TransformerSettings):
     """Load and check the base model's config (no weights)."""
     source, extra = _source(settings.name)
     try:
-        config = AutoConfig.from_pretrained(
-            source, revision=settings.revision, **extra, **settings.transformer_config
-        )
+        config = AutoConfig.from_pretrained(source, revision=settings.revision, **extra, **settings.transformer_config)
     except (OSError, ValueError) as error:
         raise _not_found(settings.name, error) from error
     check_family(config)
     return config
 
 
-def load_tokenizer(source: str, *, revision: Optional[str] = None, **tokenizer_config) -> PreTrainedTokenizerBase:
+def load_tokenizer(source: str, *, revision: str | None = None, **tokenizer_config) -> PreTrainedTokenizerBase:
     """Load a fast tokenizer and set it up for labelling: right padding and a pad token."""
     source, extra = _source(source)
     try:
@@ -118,7 +116,7 @@ def _bitsandbytes_config(quantization: QuantizationSettings, device: torch.devic
 
 
 def load_base_model(
-    settings: TransformerSettings, device: torch.device, *, source: Optional[str] = None
+    settings: TransformerSettings, device: torch.device, *, source: str | None = None
 ) -> torch.nn.Module:
     """Load the bare decoder (``XModel``, no LM head) with dtype, backend,
     quantization and device applied. ``source`` overrides ``settings.name``
@@ -126,7 +124,7 @@ def load_base_model(
     config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
     check_family(config)
     name, extra = _source(source or settings.name)
-    kwargs: Dict[str, Any] = dict(
+    kwargs: dict[str, Any] = dict(
         config=config,
         torch_dtype=resolve_dtype(settings, device),
         attn_implementation=settings.attn_implementation,
@@ -197,8 +195,8 @@ def configure_training(model: torch.nn.Module, settings: TransformerSettings) ->
 
 
 def build_transformer(
-    settings: TransformerSettings, device: torch.device, *, source: Optional[str] = None
-) -> Tuple[torch.nn.Module, UnmaskHandle]:
+    settings: TransformerSettings, device: torch.device, *, source: str | None = None
+) -> tuple[torch.nn.Module, UnmaskHandle]:
     """Load the base, add fresh LoRA adapters if configured, freeze or enable
     checkpointing, and unmask. Returns the model and the unmask handle."""
     model = load_base_model(settings, device, source=source)
@@ -210,14 +208,26 @@ def build_transformer(
 
 
 _VOLATILE_CONFIG_KEYS = {
-    "_name_or_path", "transformers_version", "torch_dtype", "quantization_config",
-    "_attn_implementation", "_attn_implementation_autoset", "attn_implementation",
-    "use_cache", "architectures", "return_dict", "output_hidden_states",
-    "output_attentions", "_commit_hash", "pad_token_id", "bos_token_id", "eos_token_id",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "quantization_config",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "use_cache",
+    "architectures",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "_commit_hash",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
 }
 
 
-def base_fingerprint(settings: TransformerSettings, model: torch.nn.Module) -> Dict[str, Any]:
+def base_fingerprint(settings: TransformerSettings, model: torch.nn.Module) -> dict[str, Any]:
     """Identity of a base model: name, revision, an architecture hash and a
     probe of its embedding weights, checked again when a pipeline loads."""
     config = model.config.to_dict()
@@ -240,7 +250,7 @@ def embedding_probe(model: torch.nn.Module) -> list:
     return weight[rows, :8].detach().float().cpu().flatten().tolist()
 
 
-def check_fingerprint(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise :class:`BaseModelMismatchError` if the base differs from the saved one."""
     how = (
         "Point the pipeline at the base it was trained on with spacy.load(path, config="

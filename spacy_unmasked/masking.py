@@ -8,8 +8,6 @@ eager, boolean for sdpa, untouched 2-D padding mask for flash-attention 2) and
 follows the model through peft wrapping and gradient checkpointing.
 """
 
-from typing import Dict, List, Optional, Tuple, Union
-
 import torch
 from torch import nn
 
@@ -22,12 +20,12 @@ _HANDLE_ATTR = "_spacy_unmasked_handle"
 class UnmaskHandle:
     """Undo token for :func:`unmask`: ``remove()`` restores the stock model."""
 
-    def __init__(self, decoder: nn.Module, layers: List[int]):
-        self.layers: Tuple[int, ...] = tuple(layers)
+    def __init__(self, decoder: nn.Module, layers: list[int]):
+        self.layers: tuple[int, ...] = tuple(layers)
         self._decoder = decoder
         self._hooks = []
-        self._was_causal: Dict[int, bool] = {}
-        self._cache: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._was_causal: dict[int, bool] = {}
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _install(self) -> None:
         for index in self.layers:
@@ -35,21 +33,17 @@ class UnmaskHandle:
             self._was_causal[index] = attention.is_causal
             attention.is_causal = False
             window = sliding_window(attention)
-            self._hooks.append(
-                attention.register_forward_pre_hook(self._make_hook(window), with_kwargs=True)
-            )
+            self._hooks.append(attention.register_forward_pre_hook(self._make_hook(window), with_kwargs=True))
         setattr(self._decoder, _HANDLE_ATTR, self)
 
-    def _make_hook(self, window: Optional[int]):
+    def _make_hook(self, window: int | None):
         def swap_mask(module, args, kwargs):
             kwargs["attention_mask"] = self._padding_only(kwargs.get("attention_mask"), window)
             return args, kwargs
 
         return swap_mask
 
-    def _padding_only(
-        self, mask: Optional[torch.Tensor], window: Optional[int]
-    ) -> Optional[torch.Tensor]:
+    def _padding_only(self, mask: torch.Tensor | None, window: int | None) -> torch.Tensor | None:
         """Turn the decoder's mask into a mask that hides padding keys only."""
         if mask is None or mask.dim() == 2:  # no padding, or flash-attention's 2-D mask
             return mask
@@ -61,7 +55,7 @@ class UnmaskHandle:
         # recovers the padding row from any causal or sliding-window mask.
         if mask.dtype == torch.bool:
             keys = mask.any(dim=-2, keepdim=True)
-            result: Optional[torch.Tensor] = None if bool(keys.all()) else keys
+            result: torch.Tensor | None = None if bool(keys.all()) else keys
         else:
             result = mask.amax(dim=-2, keepdim=True)
         length = mask.shape[-1]
@@ -86,9 +80,7 @@ class UnmaskHandle:
         return f"UnmaskHandle(layers={list(self.layers)})"
 
 
-def _symmetric_window(
-    keys: Optional[torch.Tensor], mask: torch.Tensor, window: int
-) -> torch.Tensor:
+def _symmetric_window(keys: torch.Tensor | None, mask: torch.Tensor, window: int) -> torch.Tensor:
     """Restrict a padding mask to keys within ``window`` positions either side."""
     length = mask.shape[-1]
     positions = torch.arange(length, device=mask.device)
@@ -99,7 +91,7 @@ def _symmetric_window(
     return keys + torch.zeros_like(band, dtype=mask.dtype).masked_fill(~band, blocked)
 
 
-def resolve_layers(model: Union[nn.Module, int], spec: UnmaskSpec) -> List[int]:
+def resolve_layers(model: nn.Module | int, spec: UnmaskSpec) -> list[int]:
     """The decoder layer indices that ``spec`` unmasks in ``model``.
 
     ``model`` is a Hugging Face decoder (bare, causal-LM or peft-wrapped) or a

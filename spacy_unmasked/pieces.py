@@ -1,7 +1,6 @@
 """Docs → right-padded piece batches, with spans split to fit ``max_length``."""
 
 from dataclasses import dataclass
-from typing import List, Tuple
 
 import numpy
 from spacy.tokens import Span
@@ -15,21 +14,19 @@ from .alignment import align_span, build_alignment
 class EncodedBatch:
     """Spans (nested per doc), their padded pieces and the token alignment."""
 
-    spans: List[List[Span]]
+    spans: list[list[Span]]
     wordpieces: WordpieceBatch
     align: Ragged
 
 
-def encode_spans(
-    tokenizer, nested_spans: List[List[Span]], *, max_length: int, add_bos: bool
-) -> EncodedBatch:
+def encode_spans(tokenizer, nested_spans: list[list[Span]], *, max_length: int, add_bos: bool) -> EncodedBatch:
     """Tokenize spans without the tokenizer's own special tokens, prepend BOS
     if asked, split any span whose pieces exceed ``max_length`` so that every
     token is covered, right-pad and align pieces to tokens."""
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     budget = max_length - len(bos)
-    spans_out: List[List[Span]] = []
-    rows: List[Tuple[Span, List[int], numpy.ndarray]] = []
+    spans_out: list[list[Span]] = []
+    rows: list[tuple[Span, list[int], numpy.ndarray]] = []
     for doc_spans in nested_spans:
         fitted = _fit(tokenizer, [span for span in doc_spans if len(span)], budget)
         spans_out.append([span for span, _, _ in fitted])
@@ -56,7 +53,7 @@ def encode_spans(
     return EncodedBatch(spans=spans_out, wordpieces=wordpieces, align=align)
 
 
-def _fit(tokenizer, spans: List[Span], budget: int) -> List[Tuple[Span, List[int], numpy.ndarray]]:
+def _fit(tokenizer, spans: list[Span], budget: int) -> list[tuple[Span, list[int], numpy.ndarray]]:
     """Encode spans, halving (by tokens) those with more than ``budget`` pieces.
     A single token longer than the budget keeps its first ``budget`` pieces."""
     if not spans:
@@ -68,7 +65,7 @@ def _fit(tokenizer, spans: List[Span], budget: int) -> List[Tuple[Span, List[int
         return_attention_mask=False,
     )
     fitted = []
-    for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"]):
+    for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"], strict=False):
         if len(ids) <= budget:
             fitted.append((span, ids, numpy.asarray(offsets, dtype="i").reshape(-1, 2)))
         elif len(span) > 1:

@@ -7,8 +7,8 @@ it stores the same files packed into msgpack entries, which suits LoRA and
 frozen bases (a few MB) but not full fine-tuning of large models.
 """
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, List, Union
 
 import srsly
 from spacy import util
@@ -32,8 +32,8 @@ from .layers.shim import UnmaskedShim
 def make_unmasked_transformer(
     nlp: Language,
     name: str,
-    model: Model[List[Doc], FullTransformerBatch],
-    set_extra_annotations: Callable[[List[Doc], FullTransformerBatch], None],
+    model: Model[list[Doc], FullTransformerBatch],
+    set_extra_annotations: Callable[[list[Doc], FullTransformerBatch], None],
     max_batch_items: int,
 ) -> "UnmaskedTransformer":
     """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer.v1``
@@ -50,11 +50,11 @@ class UnmaskedTransformer(Transformer):
         if not isinstance(shim, UnmaskedShim):
             raise ValueError(
                 "The unmasked_transformer component needs a spacy-unmasked.UnmaskedTransformer model; "
-                "use factory = \"transformer\" for other architectures."
+                'use factory = "transformer" for other architectures.'
             )
         return shim
 
-    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+    def to_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()) -> None:
         """Save cfg, vocab and the model folder."""
         serialize = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),
@@ -63,7 +63,7 @@ class UnmaskedTransformer(Transformer):
         }
         util.to_disk(path, serialize, exclude)
 
-    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "UnmaskedTransformer":
+    def from_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()) -> "UnmaskedTransformer":
         """Load cfg, vocab and the model folder (loading the base model)."""
 
         def load_model(p: Path) -> None:

@@ -1,9 +1,9 @@
 """Typed settings of an unmasked transformer, shared by building, saving and loading."""
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
-UnmaskValue = Union[str, List[int]]
+UnmaskValue = str | list[int]
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class LoRASettings:
     r: int = 64
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: Tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __post_init__(self):
         if self.r < 1:
@@ -46,18 +46,18 @@ class TransformerSettings:
     """Everything needed to rebuild the Hugging Face side of the pipeline."""
 
     name: str
-    revision: Optional[str] = None
+    revision: str | None = None
     unmask: UnmaskValue = "all"
-    lora: Optional[LoRASettings] = None
-    quantization: Optional[QuantizationSettings] = None
+    lora: LoRASettings | None = None
+    quantization: QuantizationSettings | None = None
     freeze_base: bool = False
     torch_dtype: str = "auto"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     max_length: int = 512
     add_bos: bool = True
-    tokenizer_config: Dict[str, Any] = field(default_factory=dict)
-    transformer_config: Dict[str, Any] = field(default_factory=dict)
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    transformer_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.quantization is not None and self.lora is None and not self.freeze_base:
@@ -66,7 +66,9 @@ class TransformerSettings:
                 "(lora = spacy-unmasked.LoRA.v1) or set freeze_base = true."
             )
         if self.lora is not None and self.freeze_base:
-            raise ValueError("freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them.")
+            raise ValueError(
+                "freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them."
+            )
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
         if self.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -79,7 +81,7 @@ class TransformerSettings:
         """Whether every base weight is trained (full fine-tuning)."""
         return self.lora is None and not self.freeze_base
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the settings."""
         data = asdict(self)
         for key in ("lora",):
@@ -88,7 +90,7 @@ class TransformerSettings:
         return data
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TransformerSettings":
+    def from_dict(cls, data: dict[str, Any]) -> "TransformerSettings":
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         if data.get("lora") is not None:

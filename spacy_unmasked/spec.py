@@ -14,16 +14,16 @@ A spec is one of:
   (``[-1]`` is the last layer).
 """
 
-from typing import List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
-UnmaskSpec = Union[str, Sequence[int]]
+UnmaskSpec = str | Sequence[int]
 
 
 class UnmaskSpecError(ValueError):
     """An unmask spec that cannot be applied to a model."""
 
 
-def group_bounds(num_layers: int, num_groups: int) -> List[Tuple[int, int]]:
+def group_bounds(num_layers: int, num_groups: int) -> list[tuple[int, int]]:
     """Split ``num_layers`` layers into ``num_groups`` contiguous groups.
 
     Returns ``(start, end)`` pairs, end exclusive. Group sizes differ by at most
@@ -31,8 +31,7 @@ def group_bounds(num_layers: int, num_groups: int) -> List[Tuple[int, int]]:
     """
     if num_groups < 1 or num_groups > num_layers:
         raise UnmaskSpecError(
-            f"Cannot split {num_layers} layers into {num_groups} groups: use a bit "
-            f"string of 1 to {num_layers} bits."
+            f"Cannot split {num_layers} layers into {num_groups} groups: use a bit string of 1 to {num_layers} bits."
         )
     size, extra = divmod(num_layers, num_groups)
     bounds, start = [], 0
@@ -43,7 +42,7 @@ def group_bounds(num_layers: int, num_groups: int) -> List[Tuple[int, int]]:
     return bounds
 
 
-def resolve_spec(spec: UnmaskSpec, num_layers: int) -> List[int]:
+def resolve_spec(spec: UnmaskSpec, num_layers: int) -> list[int]:
     """Resolve ``spec`` to the sorted indices of the layers it unmasks."""
     if num_layers < 1:
         raise UnmaskSpecError(f"A model with {num_layers} decoder layers cannot be unmasked.")
@@ -57,7 +56,7 @@ def resolve_spec(spec: UnmaskSpec, num_layers: int) -> List[int]:
     )
 
 
-def _resolve_string(spec: str, num_layers: int) -> List[int]:
+def _resolve_string(spec: str, num_layers: int) -> list[int]:
     lowered = spec.lower()
     if lowered == "none":
         return []
@@ -74,14 +73,14 @@ def _resolve_string(spec: str, num_layers: int) -> List[int]:
             f"Unmask spec {spec!r} has {len(spec)} groups but the model has only "
             f"{num_layers} decoder layers: use at most {num_layers} bits."
         )
-    layers: List[int] = []
-    for bit, (start, end) in zip(spec, group_bounds(num_layers, len(spec))):
+    layers: list[int] = []
+    for bit, (start, end) in zip(spec, group_bounds(num_layers, len(spec)), strict=False):
         if bit == "1":
             layers.extend(range(start, end))
     return layers
 
 
-def _resolve_indices(spec: Sequence[int], num_layers: int) -> List[int]:
+def _resolve_indices(spec: Sequence[int], num_layers: int) -> list[int]:
     resolved = set()
     for index in spec:
         if isinstance(index, bool) or not isinstance(index, int):
@@ -96,8 +95,6 @@ def _resolve_indices(spec: Sequence[int], num_layers: int) -> List[int]:
             )
         position = index % num_layers
         if position in resolved:
-            raise UnmaskSpecError(
-                f"Unmask spec {list(spec)!r} names layer {position} twice."
-            )
+            raise UnmaskSpecError(f"Unmask spec {list(spec)!r} names layer {position} twice.")
         resolved.add(position)
     return sorted(resolved)

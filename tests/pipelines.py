@@ -7,8 +7,10 @@ from spacy.training import Example
 
 TRAIN = [
     ("Apple Inc. hired Jane Smith in Cupertino last May.", [(0, 10, "ORG"), (17, 27, "PER"), (31, 40, "LOC")]),
-    ("Barack Obama visited Berlin and Paris with Angela Merkel.",
-     [(0, 12, "PER"), (21, 27, "LOC"), (32, 37, "LOC"), (43, 56, "PER")]),
+    (
+        "Barack Obama visited Berlin and Paris with Angela Merkel.",
+        [(0, 12, "PER"), (21, 27, "LOC"), (32, 37, "LOC"), (43, 56, "PER")],
+    ),
     ("New York Yankees beat Boston Red Sox on Sunday night.", [(0, 16, "ORG"), (22, 36, "ORG")]),
     ("Jane Smith moved to Berlin.", [(0, 10, "PER"), (20, 26, "LOC")]),
 ]
@@ -42,16 +44,35 @@ def make_nlp(name, *, factory="unmasked_transformer", components=("ner",), **set
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="transformer", config={"model": transformer_model(name, **settings)})
     if "ner" in components:
-        nlp.add_pipe("ner", config={"model": {
-            "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner",
-            "extra_state_tokens": False, "hidden_width": 32, "maxout_pieces": 2, "use_upper": False,
-            "nO": None, "tok2vec": LISTENER}})
+        nlp.add_pipe(
+            "ner",
+            config={
+                "model": {
+                    "@architectures": "spacy.TransitionBasedParser.v2",
+                    "state_type": "ner",
+                    "extra_state_tokens": False,
+                    "hidden_width": 32,
+                    "maxout_pieces": 2,
+                    "use_upper": False,
+                    "nO": None,
+                    "tok2vec": LISTENER,
+                }
+            },
+        )
     if "spancat" in components:
-        nlp.add_pipe("spancat", config={"spans_key": "sc", "model": {
-            "@architectures": "spacy.SpanCategorizer.v1",
-            "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 32},
-            "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": None, "nI": None},
-            "tok2vec": LISTENER}, "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3]}})
+        nlp.add_pipe(
+            "spancat",
+            config={
+                "spans_key": "sc",
+                "model": {
+                    "@architectures": "spacy.SpanCategorizer.v1",
+                    "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 32},
+                    "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": None, "nI": None},
+                    "tok2vec": LISTENER,
+                },
+                "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3]},
+            },
+        )
     return nlp
 
 

@@ -18,7 +18,9 @@ def aligned_pieces(kind, text=TEXT, add_bos=True, max_length=512):
     width = batch.wordpieces.input_ids.shape[1]
     strings = [s for row in batch.wordpieces.strings for s in row + [None] * (width - len(row))]
     out = {}
-    for token, start, length in zip(doc, numpy.cumsum(batch.align.lengths) - batch.align.lengths, batch.align.lengths):
+    for token, start, length in zip(
+        doc, numpy.cumsum(batch.align.lengths) - batch.align.lengths, batch.align.lengths, strict=False
+    ):
         out[token.text] = [strings[i] for i in batch.align.dataXd[start : start + length]]
     return doc, batch, out, flat
 
@@ -37,7 +39,7 @@ def test_leading_space_piece_belongs_to_its_own_token(kind, inc_pieces):
 
 
 def test_no_bos_and_piece_indices_cover_rows():
-    doc, batch, out, flat = aligned_pieces("byte-level", add_bos=False)
+    doc, batch, _out, _flat = aligned_pieces("byte-level", add_bos=False)
     assert batch.wordpieces.strings[0][0] == "Ap"
     assert batch.align.lengths.shape[0] == len(doc)
     assert batch.wordpieces.lengths == [len(batch.wordpieces.strings[0])]
@@ -45,7 +47,7 @@ def test_no_bos_and_piece_indices_cover_rows():
 
 def test_long_span_is_split_so_every_token_is_covered():
     text = " ".join(["Barack Obama visited Berlin."] * 40)
-    doc, batch, out, _ = aligned_pieces("byte-level", text=text, max_length=16)
+    doc, batch, _out, _ = aligned_pieces("byte-level", text=text, max_length=16)
     assert batch.wordpieces.input_ids.shape[1] <= 16
     assert len(batch.spans[0]) > 1
     assert (batch.align.lengths > 0).all()

@@ -64,7 +64,7 @@ def test_padding_is_never_attended(family, backend, spec):
     alone_short = hidden(model, ids(short_row))
     torch.testing.assert_close(padded[0], alone_long[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(padded[1, :3], alone_short[0], atol=1e-5, rtol=1e-5)
-    other_pads = hidden(model, ids(long_row, short_row + [50, 60, 70, 80]), mask)
+    other_pads = hidden(model, ids(long_row, [*short_row, 50, 60, 70, 80]), mask)
     torch.testing.assert_close(other_pads[1, :3], padded[1, :3], atol=1e-6, rtol=1e-6)
     # a batch of one with an explicit all-ones mask equals the same row without a mask
     single = hidden(model, ids(short_row), ids([1, 1, 1]))

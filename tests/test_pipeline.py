@@ -28,12 +28,12 @@ def predictions(nlp, texts=TEXTS):
 
 
 def assert_same_outputs(nlp_a, nlp_b):
-    for a, b in zip(features(nlp_a), features(nlp_b)):
+    for a, b in zip(features(nlp_a), features(nlp_b), strict=False):
         numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     ents_a, spans_a, scores_a = predictions(nlp_a)
     ents_b, spans_b, scores_b = predictions(nlp_b)
     assert ents_a == ents_b and spans_a == spans_b
-    for x, y in zip(scores_a, scores_b):
+    for x, y in zip(scores_a, scores_b, strict=False):
         numpy.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 

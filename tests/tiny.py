@@ -101,8 +101,9 @@ def tiny_tokenizer(kind: str = "byte-level"):
 def save_tiny_pretrained(path, family: str = "llama", *, tokenizer: str = "byte-level", seed: int = 0, **overrides):
     """Save a tiny random decoder and its tokenizer as a Hugging Face folder."""
     tok = tiny_tokenizer(tokenizer)
-    settings = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                    eos_token_id=tok.eos_token_id)
+    settings = dict(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+    )
     settings.update(overrides)
     model = tiny_model(family, "sdpa", seed=seed, **settings)
     model.save_pretrained(str(path))

@@ -3,4 +3,4 @@
 from .model import UnmaskedTransformerModel
 from .shim import UnmaskedShim
 
-__all__ = ["UnmaskedTransformerModel", "UnmaskedShim"]
+__all__ = ["UnmaskedShim", "UnmaskedTransformerModel"]

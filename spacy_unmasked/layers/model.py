@@ -1,7 +1,7 @@
 """The thinc model: docs → pieces → unmasked decoder → float32 features,
 packed as spacy-transformers' ``FullTransformerBatch`` for its listeners."""
 
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 from spacy.tokens import Doc
@@ -20,8 +20,8 @@ def UnmaskedTransformerModel(
     get_spans: Callable,
     *,
     mixed_precision: bool = False,
-    grad_scaler_config: Optional[dict] = None,
-) -> Model[List[Doc], FullTransformerBatch]:
+    grad_scaler_config: dict | None = None,
+) -> Model[list[Doc], FullTransformerBatch]:
     """Build the model; the decoder itself loads on ``initialize`` or from disk."""
     shim = UnmaskedShim(settings, mixed_precision=mixed_precision, grad_scaler_config=grad_scaler_config)
     return Model(
@@ -34,7 +34,7 @@ def UnmaskedTransformerModel(
     )
 
 
-def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+def init(model: Model, X: list[Doc] | None = None, Y=None) -> None:
     """Load the pretrained decoder (unless already loaded) and set ``nO``."""
     shim: UnmaskedShim = model.shims[0]
     if not shim.is_loaded:
@@ -42,7 +42,7 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     model.set_dim("nO", shim.hidden_size)
 
 
-def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTransformerBatch, Callable]:
+def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransformerBatch, Callable]:
     """Encode docs, run the decoder, return float32 hidden states per span."""
     shim: UnmaskedShim = model.shims[0]
     settings = shim.settings
@@ -73,7 +73,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTransfor
         align=batch.align,
     )
 
-    def backprop(d_batch: FullTransformerBatch) -> List[Doc]:
+    def backprop(d_batch: FullTransformerBatch) -> list[Doc]:
         if trains:
             d_features = next(iter(d_batch.model_output.values())).to(features.device)
             backprop_shim(ArgsKwargs(args=(features,), kwargs={"grad_tensors": (d_features,)}))

@@ -3,10 +3,9 @@ pipeline as adapter-only (LoRA), full safetensors shards (full fine-tuning) or
 settings only (frozen base), never as one pickled blob."""
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import srsly
 import torch
@@ -42,14 +41,16 @@ class PipelineFormatError(ValueError):
 class UnmaskedShim(PyTorchShim):
     """Thinc shim around a Hugging Face decoder with unmasked layers."""
 
-    def __init__(self, settings: TransformerSettings, *, mixed_precision: bool = False, grad_scaler_config: Optional[dict] = None):
+    def __init__(
+        self, settings: TransformerSettings, *, mixed_precision: bool = False, grad_scaler_config: dict | None = None
+    ):
         grad_scaler_config = dict(grad_scaler_config or {})
         grad_scaler_config.setdefault("enabled", mixed_precision)
         super().__init__(None, mixed_precision=mixed_precision, grad_scaler=PyTorchGradScaler(**grad_scaler_config))
         self.settings = settings
         self.tokenizer = None
-        self.handle: Optional[UnmaskHandle] = None
-        self.fingerprint: Optional[Dict[str, Any]] = None
+        self.handle: UnmaskHandle | None = None
+        self.fingerprint: dict[str, Any] | None = None
 
     @property
     def is_loaded(self) -> bool:
@@ -165,7 +166,7 @@ class UnmaskedShim(PyTorchShim):
         return self
 
 
-def _read_manifest(path: Path) -> Dict[str, Any]:
+def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.exists():
         raise PipelineFormatError(
@@ -196,7 +197,9 @@ def _load_adapter(model: torch.nn.Module, adapter_path: Path) -> None:
     try:
         state = load_file(str(adapter_path))
     except (SafetensorError, OSError) as error:
-        raise PipelineFormatError(f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again.") from error
+        raise PipelineFormatError(
+            f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again."
+        ) from error
     expected = get_peft_model_state_dict(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
