@@ -41,6 +41,7 @@ def lora(r=4, targets=("q_proj", "v_proj"), dropout=0.0):
 
 def make_nlp(name, *, factory="unmasked_transformer", components=("ner",), **settings):
     """A blank English pipeline: transformer + listeners (ner and/or spancat)."""
+    spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="transformer", config={"model": transformer_model(name, **settings)})
     if "ner" in components:
