@@ -1,0 +1,60 @@
+"""The shipped configs are valid and train with `spacy train` (entry points, no --code)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from .pipelines import TRAIN
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus")
+    nlp = spacy.blank("en")
+    db = DocBin()
+    for text, ents in TRAIN * 2:
+        doc = nlp(text)
+        spans = [doc.char_span(s, e, label=label) for s, e, label in ents]
+        doc.ents = spans
+        doc.spans["sc"] = spans
+        db.add(doc)
+    db.to_disk(path / "train.spacy")
+    return path / "train.spacy"
+
+
+def overrides(corpus, base):
+    return [f"--paths.train={corpus}", f"--paths.dev={corpus}", f"--paths.base_model={base}"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.cfg")))
+def test_config_is_valid(config, corpus, tiny_llama_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "debug", "config", str(CONFIGS / config), *overrides(corpus, tiny_llama_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Config is valid" in result.stdout
+
+
+@pytest.mark.parametrize("config,check", [("ner.cfg", "ents_f"), ("spancat.cfg", "spans_sc_f")])
+def test_spacy_train_runs(config, check, corpus, tiny_llama_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(CONFIGS / config), "--output", str(tmp_path),
+         *overrides(corpus, tiny_llama_dir), "--training.max_steps=6", "--training.eval_frequency=3",
+         "--components.transformer.model.attn_implementation=eager"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "LOSS TRANSFORMER" in result.stdout or "LOSS TRANS" in result.stdout
+    nlp = spacy.load(tmp_path / "model-last")
+    doc = nlp("Jane Smith visited Berlin.")
+    assert doc._.trf_data.model_output.last_hidden_state.shape[-1] == 64
+    assert not list((tmp_path / "model-last").rglob("model.safetensors"))
