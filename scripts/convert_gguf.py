@@ -32,8 +32,10 @@ def main(output: Path, gguf: Path = typer.Option(None, help="GGUF file; default:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.save_pretrained(str(output))
     tokenizer.save_pretrained(str(output))
-    print(f"Converted {gguf.name} ({model.config.model_type}, {model.config.num_hidden_layers} layers) "
-          f"to {output} in {time.perf_counter() - start:.0f}s")
+    print(
+        f"Converted {gguf.name} ({model.config.model_type}, {model.config.num_hidden_layers} layers) "
+        f"to {output} in {time.perf_counter() - start:.0f}s"
+    )
 
 
 if __name__ == "__main__":

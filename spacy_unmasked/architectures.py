@@ -30,6 +30,7 @@ def create_unmasked_transformer(
     torch_dtype: str = "auto",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    num_layers: int | None = None,
     max_length: int = 512,
     add_bos: bool = True,
     tokenizer_config: dict = {},
@@ -58,6 +59,8 @@ def create_unmasked_transformer(
         float32 on CPU), "float32", "bfloat16" or "float16".
     attn_implementation: "sdpa", "eager" or "flash_attention_2".
     gradient_checkpointing: Recompute activations in backward to save memory.
+    num_layers: Run only the first ``num_layers`` decoder blocks (null: all).
+        Cost falls in proportion; ``unmask`` then refers to the kept blocks.
     max_length: Most pieces per span, BOS included; longer spans are split.
     add_bos: Prepend the tokenizer's BOS token to every span (if it has one).
     tokenizer_config: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
@@ -75,6 +78,7 @@ def create_unmasked_transformer(
         torch_dtype=torch_dtype,
         attn_implementation=attn_implementation,
         gradient_checkpointing=gradient_checkpointing,
+        num_layers=num_layers,
         max_length=max_length,
         add_bos=add_bos,
         tokenizer_config=dict(tokenizer_config),

@@ -48,7 +48,21 @@ def load_base_config(settings: TransformerSettings):
     except (OSError, ValueError) as error:
         raise _not_found(settings.name, error) from error
     check_family(config)
+    if settings.num_layers is not None:
+        truncate_config(config, settings.num_layers)
     return config
+
+
+def truncate_config(config, num_layers: int) -> None:
+    """Keep only the first ``num_layers`` decoder blocks (the rest are not loaded)."""
+    available = config.num_hidden_layers
+    if num_layers > available:
+        raise ValueError(
+            f"num_layers={num_layers} exceeds the {available} decoder layers of this model: use 1..{available} or null."
+        )
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:num_layers]
 
 
 def load_tokenizer(source: str, *, revision: str | None = None, **tokenizer_config) -> PreTrainedTokenizerBase:
@@ -122,7 +136,6 @@ def load_base_model(
     quantization and device applied. ``source`` overrides ``settings.name``
     (used for fully fine-tuned weights saved with a pipeline)."""
     config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
-    check_family(config)
     name, extra = _source(source or settings.name)
     kwargs: dict[str, Any] = dict(
         config=config,

@@ -54,6 +54,7 @@ class TransformerSettings:
     torch_dtype: str = "auto"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    num_layers: int | None = None
     max_length: int = 512
     add_bos: bool = True
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +70,8 @@ class TransformerSettings:
             raise ValueError(
                 "freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them."
             )
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers} must be at least 1 (or null for every layer).")
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
         if self.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -50,8 +50,13 @@ def resolve_spec(spec: UnmaskSpec, num_layers: int) -> list[int]:
         return _resolve_string(spec.strip(), num_layers)
     if isinstance(spec, (list, tuple)):
         return _resolve_indices(spec, num_layers)
+    hint = (
+        " (write bit strings in quotes: a config or CLI override reads 1111 as a number)"
+        if isinstance(spec, int)
+        else ""
+    )
     raise UnmaskSpecError(
-        f"Unmask spec {spec!r} has type {type(spec).__name__}: use 'none', 'all', a bit "
+        f"Unmask spec {spec!r} has type {type(spec).__name__}{hint}: use 'none', 'all', a bit "
         "string such as '0011', or a list of layer indices such as [-2, -1]."
     )
 

@@ -46,9 +46,19 @@ def test_config_is_valid(config, corpus, tiny_llama_dir):
 @pytest.mark.parametrize("config,check", [("ner.cfg", "ents_f"), ("spancat.cfg", "spans_sc_f")])
 def test_spacy_train_runs(config, check, corpus, tiny_llama_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "spacy", "train", str(CONFIGS / config), "--output", str(tmp_path),
-         *overrides(corpus, tiny_llama_dir), "--training.max_steps=6", "--training.eval_frequency=3",
-         "--components.transformer.model.attn_implementation=eager"],
+        [
+            sys.executable,
+            "-m",
+            "spacy",
+            "train",
+            str(CONFIGS / config),
+            "--output",
+            str(tmp_path),
+            *overrides(corpus, tiny_llama_dir),
+            "--training.max_steps=6",
+            "--training.eval_frequency=3",
+            "--components.transformer.model.attn_implementation=eager",
+        ],
         capture_output=True,
         text=True,
     )

@@ -135,3 +135,36 @@ def test_bf16_base_keeps_lora_weights_float32(tiny_llama_dir):
     assert numpy.isfinite(history[-1]["ner"])
     doc = nlp("Jane Smith visited Berlin.")
     assert doc._.trf_data.model_output.last_hidden_state.dtype == numpy.float32
+
+
+def test_num_layers_runs_only_the_first_blocks(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, num_layers=2, unmask="01", freeze_base=True, components=())
+    nlp.initialize()
+    doc = nlp("Jane Smith visited Berlin.")
+    hf = transformers.AutoModel.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
+    hf.layers = hf.layers[:2]
+    unmask(hf, [1])
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor(doc._.trf_data.wordpieces.input_ids)).last_hidden_state.numpy()
+    numpy.testing.assert_allclose(doc._.trf_data.model_output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    lora_nlp = make_nlp(tiny_llama_dir, num_layers=2, unmask="01", lora=lora(), components=("ner",))
+    train(lora_nlp, steps=2)
+    assert len(lora_nlp.get_pipe("transformer").model.shims[0]._model.get_base_model().layers) == 2
+    lora_nlp.to_disk(tmp_path / "p")
+    assert_same_outputs(lora_nlp, spacy.load(tmp_path / "p"))
+
+
+def test_embedded_base_loads_without_the_original(tiny_llama_dir, tmp_path):
+    from spacy_unmasked import embed_base
+
+    base = shutil.copytree(tiny_llama_dir, tmp_path / "base")
+    nlp = make_nlp(base, lora=lora(), components=("ner",))
+    train(nlp, steps=3)
+    embed_base(nlp).to_disk(tmp_path / "embedded")
+    shutil.rmtree(base)
+    reloaded = spacy.load(tmp_path / "embedded")
+    assert_same_outputs(nlp, reloaded)
+    weights = tmp_path / "embedded" / "transformer" / "model" / "weights"
+    assert list(weights.glob("*.safetensors"))
+    state = __import__("safetensors.torch").torch.load_file(str(next(weights.glob("*.safetensors"))))
+    assert not any("lora_" in k or "base_layer" in k for k in state)

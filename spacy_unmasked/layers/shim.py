@@ -11,7 +11,7 @@ import srsly
 import torch
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
-from .. import __version__
+from ..about import __version__
 from ..loading import (
     BaseModelMismatchError,
     apply_lora,
@@ -31,7 +31,7 @@ TOKENIZER_DIR = "tokenizer"
 ADAPTER_FILE = "adapter.safetensors"
 WEIGHTS_DIR = "weights"
 # Settings that decide what the saved weights mean: they must match when loading.
-_BINDING_SETTINGS = ("unmask", "lora", "freeze_base", "add_bos")
+_BINDING_SETTINGS = ("unmask", "lora", "freeze_base", "add_bos", "num_layers")
 
 
 class PipelineFormatError(ValueError):
@@ -51,6 +51,7 @@ class UnmaskedShim(PyTorchShim):
         self.tokenizer = None
         self.handle: UnmaskHandle | None = None
         self.fingerprint: dict[str, Any] | None = None
+        self.embed_base = False
 
     @property
     def is_loaded(self) -> bool:
@@ -98,14 +99,16 @@ class UnmaskedShim(PyTorchShim):
             save_file(state, str(path / ADAPTER_FILE))
             weights = "lora"
         elif self.settings.trains_base:
-            self._model.save_pretrained(str(path / WEIGHTS_DIR), safe_serialization=True, max_shard_size="2GB")
             weights = "full"
         else:
             weights = "none"
+        if weights == "full" or self.embed_base:
+            _save_base_weights(self._model, path / WEIGHTS_DIR)
         manifest = {
             "format": FORMAT_VERSION,
             "spacy_unmasked": __version__,
             "weights": weights,
+            "embedded_base": weights != "full" and self.embed_base,
             "settings": self.settings.to_dict(),
             "base": self.fingerprint,
         }
@@ -118,18 +121,19 @@ class UnmaskedShim(PyTorchShim):
         self._check_settings(TransformerSettings.from_dict(manifest["settings"]))
         settings, device = self.settings, get_torch_default_device()
         self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR))
-        if manifest["weights"] == "full":
+        stored_base = manifest["weights"] == "full" or manifest.get("embedded_base", False)
+        if stored_base:
             model = load_base_model(settings, device, source=str(path / WEIGHTS_DIR))
-            configure_training(model, settings)
             self.fingerprint = manifest["base"]
         else:
             model = load_base_model(settings, device)
             self.fingerprint = base_fingerprint(settings, model)
             check_fingerprint(manifest["base"], self.fingerprint)
-            configure_training(model, settings)
-            if manifest["weights"] == "lora":
-                model = apply_lora(model, settings.lora)
-                _load_adapter(model, path / ADAPTER_FILE)
+        self.embed_base = manifest.get("embedded_base", False)
+        configure_training(model, settings)
+        if manifest["weights"] == "lora":
+            model = apply_lora(model, settings.lora)
+            _load_adapter(model, path / ADAPTER_FILE)
         self._model = model
         self.handle = unmask(model, settings.unmask)
 
@@ -164,6 +168,26 @@ class UnmaskedShim(PyTorchShim):
                 target.write_bytes(data)
             self.load(Path(tmp))
         return self
+
+
+def _save_base_weights(model: torch.nn.Module, path: Path) -> None:
+    """Save the base decoder (without LoRA layers) as a Hugging Face folder of
+    safetensors shards."""
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        raise ValueError(
+            "A quantized base cannot be stored with the pipeline: load it unquantized "
+            "(quantization = null) to embed it, or keep it referenced by name."
+        )
+    if hasattr(model, "get_base_model"):
+        base = model.get_base_model()
+        state = {
+            name.replace(".base_layer.", "."): tensor
+            for name, tensor in base.state_dict().items()
+            if "lora_" not in name
+        }
+        base.save_pretrained(str(path), state_dict=state, safe_serialization=True, max_shard_size="2GB")
+    else:
+        model.save_pretrained(str(path), safe_serialization=True, max_shard_size="2GB")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
