@@ -38,7 +38,7 @@ def test_strict_scores_match_seqeval():
 def test_strict_scores_match_spacy_scorer_on_docs():
     vocab = spacy.blank("en").vocab
     examples, gold_tags, pred_tags = [], [], []
-    for gold, pred in zip(GOLD, PRED):
+    for gold, pred in zip(GOLD, PRED, strict=True):
         words = [f"w{i}" for i in range(len(gold))]
         # spaCy docs only hold valid spans; make the prediction valid IOB2 first
         pred_valid = [
