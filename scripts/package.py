@@ -29,8 +29,21 @@ def main(
         nlp.meta["name"] = name
         nlp.meta["version"] = version
         nlp.to_disk(staged)
-        command = [sys.executable, "-m", "spacy", "package", str(staged), str(output),
-                   "--name", name, "--version", version, "--build", "wheel", "--force"]
+        command = [
+            sys.executable,
+            "-m",
+            "spacy",
+            "package",
+            str(staged),
+            str(output),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--build",
+            "wheel",
+            "--force",
+        ]
         subprocess.run(command, check=True)
     wheel = next((output / f"{nlp.lang}_{name}-{version}" / "dist").glob("*.whl"))
     size = wheel.stat().st_size / 2**20

@@ -34,9 +34,17 @@ def test_wheel_with_embedded_base_loads_by_name_without_the_base(tiny_llama_dir,
     expected_features = [float(d._.trf_data.model_output.last_hidden_state.sum()) for d in docs]
 
     subprocess.run(
-        [sys.executable, str(SCRIPTS / "package.py"), str(tmp_path / "trained"), str(tmp_path / "packages"),
-         "--name", "tiny_pkg_test", "--embed-base"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            str(SCRIPTS / "package.py"),
+            str(tmp_path / "trained"),
+            str(tmp_path / "packages"),
+            "--name",
+            "tiny_pkg_test",
+            "--embed-base",
+        ],
+        check=True,
+        capture_output=True,
     )
     wheel = next((tmp_path / "packages").rglob("*.whl"))
     with zipfile.ZipFile(wheel) as archive:
@@ -47,13 +55,18 @@ def test_wheel_with_embedded_base_loads_by_name_without_the_base(tiny_llama_dir,
     assert any(name.endswith("transformer/model/weights/model.safetensors") for name in names)
 
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                    str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+    )
     shutil.rmtree(base)
     shutil.rmtree(tmp_path / "trained")
     result = subprocess.run(
         [sys.executable, "-c", LOAD_AND_PREDICT, *TEXTS],
-        check=True, capture_output=True, text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
         cwd=tmp_path,
     )
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
