@@ -23,7 +23,7 @@ def create_unmasked_transformer(
     *,
     revision: str | None = None,
     get_spans: Callable | None = None,
-    unmask: str | list[int] = "all",
+    unmask: str | list[int] | int = "all",  # int only to explain that 1111 needs quotes
     lora: LoRASettings | None = None,
     quantization: QuantizationSettings | None = None,
     freeze_base: bool = False,
@@ -71,7 +71,7 @@ def create_unmasked_transformer(
     settings = TransformerSettings(
         name=str(name),
         revision=revision,
-        unmask=unmask if isinstance(unmask, str) else list(unmask),
+        unmask=list(unmask) if isinstance(unmask, (list, tuple)) else unmask,
         lora=lora,
         quantization=quantization,
         freeze_base=freeze_base,

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from .families import check_family
 from .masking import UnmaskHandle, unmask
 from .settings import LoRASettings, QuantizationSettings, TransformerSettings
+from .spec import resolve_spec
 
 
 class BaseModelNotFoundError(OSError):
@@ -112,6 +113,11 @@ def resolve_dtype(settings: TransformerSettings, device: torch.device) -> torch.
 
 
 def _bitsandbytes_config(quantization: QuantizationSettings, device: torch.device):
+    if device.type != "cuda":
+        raise ValueError(
+            f"{quantization.bits}-bit quantization needs a CUDA GPU but the model would run on {device.type}: "
+            "train with --gpu-id 0 (spacy.require_gpu() in Python), or set quantization = null on CPU."
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(
             "Quantization needs bitsandbytes, which is not installed: "
@@ -136,6 +142,7 @@ def load_base_model(
     quantization and device applied. ``source`` overrides ``settings.name``
     (used for fully fine-tuned weights saved with a pipeline)."""
     config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
+    resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
     name, extra = _source(source or settings.name)
     kwargs: dict[str, Any] = dict(
         config=config,

@@ -3,6 +3,9 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .families import SUPPORTED_BACKENDS, UnsupportedModelError
+from .spec import check_spec
+
 UnmaskValue = str | list[int]
 
 
@@ -72,6 +75,12 @@ class TransformerSettings:
             )
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers={self.num_layers} must be at least 1 (or null for every layer).")
+        check_spec(self.unmask)
+        if self.attn_implementation not in SUPPORTED_BACKENDS:
+            raise UnsupportedModelError(
+                f"Attention backend {self.attn_implementation!r} is not supported. Supported backends: "
+                f"{', '.join(SUPPORTED_BACKENDS)}."
+            )
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
         if self.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):

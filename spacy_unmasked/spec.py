@@ -42,6 +42,16 @@ def group_bounds(num_layers: int, num_groups: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def check_spec(spec: UnmaskSpec) -> None:
+    """Validate a spec's form before the model (and so its layer count) is known."""
+    if isinstance(spec, (list, tuple)):
+        _resolve_indices(spec, 10**9)
+    elif isinstance(spec, str):
+        resolve_spec(spec, max(len(spec.strip()), 1))
+    else:
+        resolve_spec(spec, 1)
+
+
 def resolve_spec(spec: UnmaskSpec, num_layers: int) -> list[int]:
     """Resolve ``spec`` to the sorted indices of the layers it unmasks."""
     if num_layers < 1:

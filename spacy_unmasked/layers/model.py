@@ -66,6 +66,8 @@ def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransfor
     else:
         output = shim.predict(inputs)
     features = output.last_hidden_state.float()
+    if trains:
+        _check_finite(features, "The transformer's outputs")
     result = FullTransformerBatch(
         spans=batch.spans,
         wordpieces=batch.wordpieces,
@@ -76,7 +78,18 @@ def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransfor
     def backprop(d_batch: FullTransformerBatch) -> list[Doc]:
         if trains:
             d_features = next(iter(d_batch.model_output.values())).to(features.device)
+            _check_finite(d_features, "The gradient reaching the transformer")
             backprop_shim(ArgsKwargs(args=(features,), kwargs={"grad_tensors": (d_features,)}))
         return docs
 
     return result, backprop
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Stop training with a clear message on NaN or infinite values."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise FloatingPointError(
+            f"{what} hold NaN or infinite values, so training diverged. Lower the learning rate "
+            "([training.optimizer.learn_rate]), keep grad_clip on, or train in float32; model-best "
+            "still holds the last good checkpoint."
+        )

