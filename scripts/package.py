@@ -18,11 +18,14 @@ def main(
     name: str = typer.Option(..., help="Package name without the language prefix, e.g. unmasked_smollm2"),
     version: str = typer.Option("0.1.0"),
     embed: bool = typer.Option(False, "--embed-base", help="Store the base weights in the wheel"),
+    keep_features: bool = typer.Option(False, "--keep-features", help="Keep doc._.trf_data in processed docs"),
 ):
     """Package MODEL into OUTPUT/<lang>_<name>-<version>/dist/*.whl and print its size."""
     nlp = spacy.load(model)
     if embed:
         embed_base(nlp)
+    if not keep_features and "unmasked_release_features" not in nlp.pipe_names:
+        nlp.add_pipe("unmasked_release_features", last=True)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "pipeline"

@@ -14,7 +14,7 @@ import srsly
 from spacy import util
 from spacy.language import Language
 from spacy.tokens import Doc
-from spacy_transformers.data_classes import FullTransformerBatch
+from spacy_transformers.data_classes import FullTransformerBatch, TransformerData
 from spacy_transformers.pipeline_component import DOC_EXT_ATTR, Transformer
 from thinc.api import Model
 
@@ -77,3 +77,17 @@ class UnmaskedTransformer(Transformer):
         }
         util.from_disk(path, deserialize, exclude)
         return self
+
+
+@Language.factory("unmasked_release_features")
+def make_release_features(nlp: Language, name: str) -> Callable[[Doc], Doc]:
+    """A last component that frees ``doc._.trf_data`` (hidden states, pieces and
+    alignment) once the listeners have used it, so processed docs stay small."""
+    return release_features
+
+
+def release_features(doc: Doc) -> Doc:
+    """Replace the doc's transformer data with an empty record."""
+    if Doc.has_extension(DOC_EXT_ATTR):
+        doc._.trf_data = TransformerData.empty()
+    return doc

@@ -168,3 +168,13 @@ def test_embedded_base_loads_without_the_original(tiny_llama_dir, tmp_path):
     assert list(weights.glob("*.safetensors"))
     state = __import__("safetensors.torch").torch.load_file(str(next(weights.glob("*.safetensors"))))
     assert not any("lora_" in k or "base_layer" in k for k in state)
+
+
+def test_release_features_frees_transformer_outputs(tiny_llama_dir):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
+    train(nlp, steps=2)
+    kept = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(TEXTS)]
+    nlp.add_pipe("unmasked_release_features", last=True)
+    docs = list(nlp.pipe(TEXTS))
+    assert [[(e.start, e.end, e.label_) for e in d.ents] for d in docs] == kept
+    assert all("last_hidden_state" not in d._.trf_data.model_output for d in docs)
