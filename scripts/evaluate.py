@@ -8,6 +8,7 @@ from pathlib import Path
 import spacy
 import typer
 from spacy.tokens import Doc, DocBin
+from spacy.scorer import Scorer
 from spacy.training import Example
 
 from spacy_unmasked.evaluation import doc_iob2_tags, strict_span_scores
@@ -18,14 +19,11 @@ def main(model: Path, data: Path, output: Path, name: str = typer.Option("", hel
     nlp = spacy.load(model)
     gold_docs = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     # Keep the gold tokenization so that strict span scores compare tag for tag.
-    examples = [
-        Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
-        for d in gold_docs
-    ]
+    unlabelled = [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in gold_docs]
     start = time.perf_counter()
-    scores = nlp.evaluate(examples, batch_size=32)
+    predicted = list(nlp.pipe(unlabelled, batch_size=32))
     seconds = time.perf_counter() - start
-    predicted = [eg.predicted for eg in examples]
+    scores = Scorer(nlp).score([Example(p, g) for p, g in zip(predicted, gold_docs, strict=True)])
     strict = strict_span_scores([doc_iob2_tags(d) for d in gold_docs], [doc_iob2_tags(d) for d in predicted])
     metrics = {
         "name": name or model.parent.name,

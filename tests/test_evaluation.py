@@ -56,3 +56,32 @@ def test_strict_scores_match_spacy_scorer_on_docs():
     assert ours["p"] == pytest.approx(spacy_scores["ents_p"])
     for label, scores in spacy_scores["ents_per_type"].items():
         assert ours["per_type"][label]["f"] == pytest.approx(scores["f"])
+
+
+def test_evaluate_script_scores_the_pipeline_predictions(tiny_llama_dir, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from spacy.tokens import DocBin
+
+    from .pipelines import TRAIN, lora, make_nlp, train
+
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
+    train(nlp, steps=25, lr=3e-3)
+    nlp.to_disk(tmp_path / "model")
+    gold = DocBin()
+    for text, ents in TRAIN:
+        doc = nlp.make_doc(text)
+        doc.ents = [doc.char_span(s, e, label=label) for s, e, label in ents]
+        gold.add(doc)
+    gold.to_disk(tmp_path / "gold.spacy")
+    path = Path(__file__).parent.parent / "scripts" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path / "model", tmp_path / "gold.spacy", tmp_path / "metrics.json", name="tiny")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["strict_span"]["f"] > 0.2  # trained on these very sentences
+    assert metrics["strict_span"]["f"] == pytest.approx(metrics["spacy"]["ents_f"])
+    assert metrics["strict_span"]["p"] == pytest.approx(metrics["spacy"]["ents_p"])
