@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .families import check_family
+from .families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family, find_decoder
 from .masking import UnmaskHandle, unmask
 from .settings import LoRASettings, QuantizationSettings, TransformerSettings
 from .spec import resolve_spec
@@ -34,7 +34,7 @@ def _source(name: str) -> tuple[str, dict[str, Any]]:
 
 def _not_found(name: str, error: Exception) -> BaseModelNotFoundError:
     return BaseModelNotFoundError(
-        f"Base model {name!r} cannot be found ({type(error).__name__}: {str(error).splitlines()[0]}). "
+        f"Base model {name!r} cannot be found ({type(error).__name__}: {(str(error).splitlines() or [''])[0]}). "
         "Use a Hugging Face hub id that is in your cache or a local folder, and point a saved "
         "pipeline at it with spacy.load(path, config={'components': {'transformer': {'model': "
         "{'name': '/path/to/base'}}}})."
@@ -46,8 +46,15 @@ def load_base_config(settings: TransformerSettings):
     source, extra = _source(settings.name)
     try:
         config = AutoConfig.from_pretrained(source, revision=settings.revision, **extra, **settings.transformer_config)
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise _not_found(settings.name, error) from error
+    except (KeyError, ValueError) as error:
+        if "model_type" in str(error) or "architecture" in str(error) or isinstance(error, KeyError):
+            raise UnsupportedModelError(
+                f"{settings.name!r} has a model type this transformers version does not know ({error}). "
+                f"Supported families: {', '.join(SUPPORTED_FAMILIES)}."
+            ) from error
+        raise
     check_family(config)
     if settings.num_layers is not None:
         truncate_config(config, settings.num_layers)
@@ -71,7 +78,7 @@ def load_tokenizer(source: str, *, revision: str | None = None, **tokenizer_conf
     source, extra = _source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **extra, **tokenizer_config)
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise _not_found(source, error) from error
     if not tokenizer.is_fast:
         raise ValueError(
@@ -96,15 +103,16 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def resolve_dtype(settings: TransformerSettings, device: torch.device) -> torch.dtype:
+def resolve_dtype(settings: TransformerSettings, device: torch.device, *, for_training: bool = True) -> torch.dtype:
     """The dtype of the base weights: 'auto' is bfloat16 on CUDA unless the base
-    itself is trained (thinc's optimizer needs float32), float32 otherwise."""
+    itself is trained (thinc's optimizer needs float32), float32 otherwise.
+    A fully fine-tuned pipeline may still be loaded in bfloat16 for inference."""
     if settings.torch_dtype == "auto":
         if device.type == "cuda" and not settings.trains_base:
             return torch.bfloat16
         return torch.float32
     dtype = getattr(torch, settings.torch_dtype)
-    if settings.trains_base and dtype != torch.float32:
+    if for_training and settings.trains_base and dtype != torch.float32:
         raise ValueError(
             f"Full fine-tuning needs float32 weights, but torch_dtype is {settings.torch_dtype!r}: "
             "use torch_dtype = 'float32', add a LoRA block, or set freeze_base = true."
@@ -136,17 +144,22 @@ def _bitsandbytes_config(quantization: QuantizationSettings, device: torch.devic
 
 
 def load_base_model(
-    settings: TransformerSettings, device: torch.device, *, source: str | None = None
+    settings: TransformerSettings,
+    device: torch.device,
+    *,
+    source: str | None = None,
+    config=None,
+    for_training: bool = True,
 ) -> torch.nn.Module:
     """Load the bare decoder (``XModel``, no LM head) with dtype, backend,
     quantization and device applied. ``source`` overrides ``settings.name``
-    (used for fully fine-tuned weights saved with a pipeline)."""
-    config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
-    resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
+    (used for weights saved with a pipeline); ``config`` skips reloading it."""
+    if config is None:
+        config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
     name, extra = _source(source or settings.name)
     kwargs: dict[str, Any] = dict(
         config=config,
-        torch_dtype=resolve_dtype(settings, device),
+        torch_dtype=resolve_dtype(settings, device, for_training=for_training),
         attn_implementation=settings.attn_implementation,
         **extra,
     )
@@ -154,7 +167,8 @@ def load_base_model(
         kwargs["revision"] = settings.revision
     if settings.quantization is not None:
         kwargs["quantization_config"] = _bitsandbytes_config(settings.quantization, device)
-        kwargs["device_map"] = {"": device}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": device}  # load straight onto the device, no host copy
     try:
         model = AutoModel.from_pretrained(name, **kwargs)
     except OSError as error:
@@ -166,8 +180,6 @@ def load_base_model(
                 f"{str(error).splitlines()[0]} Use attn_implementation = 'sdpa' or 'eager'."
             ) from error
         raise
-    if settings.quantization is None:
-        model.to(device)
     model.config.use_cache = False
     return model
 
@@ -184,25 +196,22 @@ def apply_lora(model: torch.nn.Module, lora: LoRASettings) -> torch.nn.Module:
         target_modules=list(lora.target_modules),
         bias="none",
     )
-    wrapped = peft.get_peft_model(model, config)
-    for parameter in wrapped.parameters():
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
-    return wrapped
+    return peft.get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters stay float32
 
 
 def check_lora_targets(model: torch.nn.Module, lora: LoRASettings) -> None:
     """Raise if a LoRA target module name matches no linear layer of ``model``."""
-    linear_names = {
-        name.rsplit(".", 1)[-1]
+    linear = [
+        name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__
-    }
-    missing = [target for target in lora.target_modules if target not in linear_names]
+    ]
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
     if missing:
+        short_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
         raise ValueError(
             f"LoRA target modules {missing} do not exist in this model. Its linear layers are: "
-            f"{', '.join(sorted(linear_names))}. Set lora.target_modules to some of them."
+            f"{', '.join(short_names)}. Set lora.target_modules to some of them."
         )
 
 
@@ -215,11 +224,13 @@ def configure_training(model: torch.nn.Module, settings: TransformerSettings) ->
 
 
 def build_transformer(
-    settings: TransformerSettings, device: torch.device, *, source: str | None = None
+    settings: TransformerSettings, device: torch.device, *, config=None
 ) -> tuple[torch.nn.Module, UnmaskHandle]:
     """Load the base, add fresh LoRA adapters if configured, freeze or enable
     checkpointing, and unmask. Returns the model and the unmask handle."""
-    model = load_base_model(settings, device, source=source)
+    config = config if config is not None else load_base_config(settings)
+    resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
+    model = load_base_model(settings, device, config=config)
     configure_training(model, settings)
     if settings.lora is not None:
         model = apply_lora(model, settings.lora)
@@ -247,45 +258,60 @@ _VOLATILE_CONFIG_KEYS = {
 }
 
 
+def config_digest(config) -> str:
+    """SHA-256 of a config's architecture settings (names, paths and runtime flags left out)."""
+    architecture = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def base_fingerprint(settings: TransformerSettings, model: torch.nn.Module) -> dict[str, Any]:
     """Identity of a base model: name, revision, an architecture hash and a
-    probe of its embedding weights, checked again when a pipeline loads."""
-    config = model.config.to_dict()
-    architecture = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
-    digest = hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()
+    probe of its weights, checked again when a pipeline loads."""
     return {
         "name": settings.name,
         "revision": settings.revision,
-        "model_type": config.get("model_type"),
-        "num_hidden_layers": config.get("num_hidden_layers"),
-        "config_sha256": digest,
+        "model_type": model.config.model_type,
+        "num_hidden_layers": model.config.num_hidden_layers,
+        "config_sha256": config_digest(model.config),
         "embedding_probe": embedding_probe(model),
     }
 
 
+def check_architecture(saved: dict[str, Any], settings: TransformerSettings, config) -> None:
+    """Raise before loading weights if the base's architecture differs from the saved one."""
+    if saved["config_sha256"] != config_digest(config):
+        raise BaseModelMismatchError(
+            f"Base model {settings.name!r} ({config.model_type}, {config.num_hidden_layers} layers) has a "
+            f"different architecture from the one this pipeline was trained on, {saved['name']!r} "
+            f"({saved['model_type']}, {saved['num_hidden_layers']} layers). {_POINT_AT_BASE}"
+        )
+
+
 def embedding_probe(model: torch.nn.Module) -> list:
-    """A few input-embedding values at spread-out rows: a cheap weight identity."""
+    """A cheap weight identity: input-embedding values at spread-out rows plus
+    the last block's and the final norm weights (never quantized; fine-tunes
+    change them)."""
     weight = model.get_input_embeddings().weight
     rows = torch.linspace(0, weight.shape[0] - 1, 8).long().to(weight.device)
-    return weight[rows, :8].detach().float().cpu().flatten().tolist()
+    values = [weight[rows, :8].flatten()]
+    decoder = find_decoder(model)
+    for norm in (decoder.layers[-1].input_layernorm, decoder.layers[-1].post_attention_layernorm, decoder.norm):
+        values.append(norm.weight[:32])
+    return torch.cat([v.detach().float().cpu() for v in values]).tolist()
 
 
-def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise :class:`BaseModelMismatchError` if the base differs from the saved one."""
-    how = (
-        "Point the pipeline at the base it was trained on with spacy.load(path, config="
-        "{'components': {'transformer': {'model': {'name': ...}}}})."
-    )
-    if saved["config_sha256"] != current["config_sha256"]:
-        raise BaseModelMismatchError(
-            f"Base model {current['name']!r} ({current['model_type']}, {current['num_hidden_layers']} layers) "
-            f"has a different architecture from the one this pipeline was trained on, {saved['name']!r} "
-            f"({saved['model_type']}, {saved['num_hidden_layers']} layers). {how}"
-        )
+_POINT_AT_BASE = (
+    "Point the pipeline at the base it was trained on with spacy.load(path, config="
+    "{'components': {'transformer': {'model': {'name': ...}}}})."
+)
+
+
+def check_weights(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise :class:`BaseModelMismatchError` if the base's weight probe differs from the saved one."""
     probe_saved = torch.tensor(saved["embedding_probe"])
     probe_now = torch.tensor(current["embedding_probe"])
-    if not torch.allclose(probe_saved, probe_now, rtol=2e-2, atol=1e-3):
+    if probe_saved.shape != probe_now.shape or not torch.allclose(probe_saved, probe_now, rtol=1e-2, atol=1e-6):
         raise BaseModelMismatchError(
             f"Base model {current['name']!r} has the same architecture as {saved['name']!r} but "
-            f"different weights, so the saved adapter would give wrong results. {how}"
+            f"different weights, so the saved adapter would give wrong results. {_POINT_AT_BASE}"
         )

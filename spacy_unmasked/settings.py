@@ -40,6 +40,11 @@ class QuantizationSettings:
     def __post_init__(self):
         if self.bits not in (4, 8):
             raise ValueError(f"Quantization bits={self.bits} is not supported: use 4 or 8.")
+        if self.compute_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(
+                f"Quantization compute_dtype {self.compute_dtype!r} is not supported: use 'bfloat16', 'float16' "
+                "or 'float32'."
+            )
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"Quantization type {self.quant_type!r} is not supported: use 'nf4' or 'fp4'.")
 

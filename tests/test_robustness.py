@@ -196,3 +196,39 @@ def test_nan_loss_stops_with_a_clear_message(tiny_llama_dir):
     nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
     with pytest.raises(FloatingPointError, match="learning rate"):
         train(nlp, steps=3, lr=1e30)
+
+
+def test_using_a_pipeline_before_initialize_says_so(tiny_llama_dir):
+    nlp = make_nlp(tiny_llama_dir, components=())
+    with pytest.raises(ValueError, match=r"call nlp\.initialize\(\)"):
+        nlp("Jane Smith visited Berlin.")
+
+
+def test_unknown_model_type_is_reported_as_unsupported_not_missing(tmp_path):
+    from spacy_unmasked.families import UnsupportedModelError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3000", "num_hidden_layers": 2}))
+    nlp = make_nlp(tmp_path, components=())
+    with pytest.raises(UnsupportedModelError, match="Supported families"):
+        nlp.initialize()
+
+
+def test_equivalent_settings_load_and_dotted_lora_targets_work(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, unmask="all", lora=lora(targets=("self_attn.q_proj", "v_proj")), components=())
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "p")
+    same_meaning = {"unmask": "1111", "lora": {"dropout": 0.3}}
+    reloaded = spacy.load(tmp_path / "p", config={"components": {"transformer": {"model": same_meaning}}})
+    a = nlp("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state
+    b = reloaded("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state
+    numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_quantization_compute_dtype_typo_is_caught_in_the_config(tiny_llama_dir):
+    with pytest.raises(Exception, match="compute_dtype 'bf16' is not supported"):
+        make_nlp(
+            tiny_llama_dir,
+            components=(),
+            lora=lora(),
+            quantization={"@misc": "spacy-unmasked.BitsAndBytes.v1", "compute_dtype": "bf16"},
+        )

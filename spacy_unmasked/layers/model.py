@@ -45,6 +45,11 @@ def init(model: Model, X: list[Doc] | None = None, Y=None) -> None:
 def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransformerBatch, Callable]:
     """Encode docs, run the decoder, return float32 hidden states per span."""
     shim: UnmaskedShim = model.shims[0]
+    if not shim.is_loaded:
+        raise ValueError(
+            "The unmasked transformer has no model loaded yet: call nlp.initialize() before using a new "
+            "pipeline, or load a trained one with spacy.load()."
+        )
     settings = shim.settings
     batch = encode_spans(
         shim.tokenizer, model.attrs["get_spans"](docs), max_length=settings.max_length, add_bos=settings.add_bos

@@ -20,7 +20,8 @@ from ..loading import (
     apply_lora,
     base_fingerprint,
     build_transformer,
-    check_fingerprint,
+    check_architecture,
+    check_weights,
     configure_training,
     load_base_config,
     load_base_model,
@@ -28,14 +29,13 @@ from ..loading import (
 )
 from ..masking import UnmaskHandle, unmask
 from ..settings import TransformerSettings
+from ..spec import resolve_spec
 
 FORMAT_VERSION = 1
 MANIFEST = "unmasked.json"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_FILE = "adapter.safetensors"
 WEIGHTS_DIR = "weights"
-# Settings that decide what the saved weights mean: they must match when loading.
-_BINDING_SETTINGS = ("unmask", "lora", "freeze_base", "add_bos", "num_layers")
 
 
 class PipelineFormatError(ValueError):
@@ -75,17 +75,11 @@ class UnmaskedShim(PyTorchShim):
     def load_pretrained(self) -> None:
         """Load tokenizer and base as the settings say, with fresh LoRA adapters."""
         settings = self.settings
-        load_base_config(settings)  # family, layer count and spec checked before anything heavy loads
+        config = load_base_config(settings)
+        resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading the tokenizer or weights
         self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
-        self._model, self.handle = build_transformer(settings, get_torch_default_device())
+        self._model, self.handle = build_transformer(settings, get_torch_default_device(), config=config)
         self.fingerprint = base_fingerprint(settings, self._model)
-
-    def predict(self, inputs):
-        """Run the decoder without autograd, in eval mode."""
-        self._model.eval()
-        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=self._mixed_precision):
-            outputs = self._model(*inputs.args, **inputs.kwargs)
-        return outputs
 
     # Saving ---------------------------------------------------------------
 
@@ -135,17 +129,19 @@ class UnmaskedShim(PyTorchShim):
         path = Path(path)
         manifest = _read_manifest(path)
         _check_files(path, manifest.get("files", {}))
-        self._check_settings(TransformerSettings.from_dict(manifest["settings"]))
+        self._check_settings(TransformerSettings.from_dict(manifest["settings"]), manifest["base"])
         settings, device = self.settings, get_torch_default_device()
         self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR))
         stored_base = manifest["weights"] == "full" or manifest.get("embedded_base", False)
         if stored_base:
-            model = load_base_model(settings, device, source=str(path / WEIGHTS_DIR))
+            model = load_base_model(settings, device, source=str(path / WEIGHTS_DIR), for_training=False)
             self.fingerprint = manifest["base"]
         else:
-            model = load_base_model(settings, device)
+            config = load_base_config(settings)
+            check_architecture(manifest["base"], settings, config)
+            model = load_base_model(settings, device, config=config, for_training=False)
             self.fingerprint = base_fingerprint(settings, model)
-            check_fingerprint(manifest["base"], self.fingerprint)
+            check_weights(manifest["base"], self.fingerprint)
         self.embed_base = manifest.get("embedded_base", False)
         configure_training(model, settings)
         if manifest["weights"] == "lora":
@@ -154,25 +150,33 @@ class UnmaskedShim(PyTorchShim):
         self._model = model
         self.handle = unmask(model, settings.unmask)
 
-    def _check_settings(self, saved: TransformerSettings) -> None:
-        for key in _BINDING_SETTINGS:
-            if getattr(saved, key) != getattr(self.settings, key):
+    def _check_settings(self, saved: TransformerSettings, base: dict[str, Any]) -> None:
+        """Refuse a config whose settings would give the saved weights another meaning."""
+        current = self.settings
+        num_layers = saved.num_layers or base["num_hidden_layers"]
+        comparisons = {
+            "unmask": (resolve_spec(saved.unmask, num_layers), resolve_spec(current.unmask, num_layers)),
+            "lora": (_lora_shape(saved.lora), _lora_shape(current.lora)),
+        }
+        for key in ("freeze_base", "add_bos", "num_layers"):
+            comparisons[key] = (getattr(saved, key), getattr(current, key))
+        for key, (was, now) in comparisons.items():
+            if was != now:
                 raise PipelineFormatError(
-                    f"The saved transformer was trained with {key} = {getattr(saved, key)!r} but the "
-                    f"config now says {getattr(self.settings, key)!r}: restore the saved value in the "
-                    "config (or train a new pipeline)."
+                    f"The saved transformer was trained with {key} = {getattr(saved, key)!r} but the config now "
+                    f"says {getattr(current, key)!r}: restore the saved value in the config (or train a new pipeline)."
                 )
 
     def to_bytes(self) -> bytes:
         """Pack the folder written by :meth:`save` (or only the settings, before
         initialization) into msgpack: one entry per file."""
         if not self.is_loaded:
-            return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": {}})
+            return srsly.msgpack_dumps({"files": {}})
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
             self.save(folder)
             files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        return srsly.msgpack_dumps({"settings": self.settings.to_dict(), "files": files})
+        return srsly.msgpack_dumps({"files": files})
 
     def from_bytes(self, bytes_data: bytes) -> "UnmaskedShim":
         """Inverse of :meth:`to_bytes`."""
@@ -181,6 +185,8 @@ class UnmaskedShim(PyTorchShim):
             return self
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in msg["files"].items():
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise PipelineFormatError(f"Refusing to unpack {name!r}: the saved transformer is corrupted.")
                 target = Path(tmp) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
@@ -206,6 +212,11 @@ def _save_base_weights(model: torch.nn.Module, path: Path) -> None:
         base.save_pretrained(str(path), state_dict=state, safe_serialization=True, max_shard_size="2GB")
     else:
         model.save_pretrained(str(path), safe_serialization=True, max_shard_size="2GB")
+
+
+def _lora_shape(lora) -> tuple | None:
+    """The LoRA settings that decide what the saved adapter weights mean."""
+    return None if lora is None else (lora.r, lora.alpha, tuple(lora.target_modules))
 
 
 def _replace_dir(new: Path, target: Path) -> None:
