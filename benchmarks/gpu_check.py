@@ -27,8 +27,12 @@ def run(model: str, *, quantize: bool, steps: int, batch_size: int) -> dict:
 
     from tests.pipelines import lora, make_nlp
 
-    settings = {"lora": lora(r=16, targets=("q_proj", "v_proj"), dropout=0.1), "unmask": "0011",
-                "attn_implementation": "sdpa", "torch_dtype": "bfloat16" if torch.cuda.is_available() else "float32"}
+    settings = {
+        "lora": lora(r=16, targets=("q_proj", "v_proj"), dropout=0.1),
+        "unmask": "0011",
+        "attn_implementation": "sdpa",
+        "torch_dtype": "bfloat16" if torch.cuda.is_available() else "float32",
+    }
     if quantize:
         settings["quantization"] = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 4}
     nlp = make_nlp(model, components=("ner",), **settings)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import spacy
 import typer
-from spacy.tokens import Doc, DocBin
 from spacy.scorer import Scorer
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
 from spacy_unmasked.evaluation import doc_iob2_tags, strict_span_scores

@@ -34,9 +34,8 @@ def smollm2_nlp(gguf_file):
     return nlp
 
 
-def test_gguf_tokenizer_without_vocab_file_is_set_up_for_labelling(smollm2_nlp):
+def test_gguf_tokenizer_is_set_up_for_labelling(smollm2_nlp):
     tokenizer = smollm2_nlp.get_pipe("transformer").model.shims[0].tokenizer
-    assert getattr(tokenizer, "vocab_file", None) is None
     assert tokenizer.padding_side == "right"
     assert tokenizer.pad_token == tokenizer.eos_token
     doc = smollm2_nlp(TWEETS[0])
@@ -64,6 +63,8 @@ def test_lora_ner_trains_and_round_trips(gguf_file, tmp_path):
     nlp.to_disk(tmp_path / "p")
     assert (tmp_path / "p" / "transformer" / "model" / "adapter.safetensors").stat().st_size < 2_000_000
     reloaded = spacy.load(tmp_path / "p")
+    # the saved GGUF-derived tokenizer has no vocab file (spacy-transformers' own loader crashes on it)
+    assert reloaded.get_pipe("transformer").model.shims[0].tokenizer.vocab_file is None
     for a, b in zip(nlp.pipe(TWEETS), reloaded.pipe(TWEETS)):
         assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
         numpy.testing.assert_allclose(

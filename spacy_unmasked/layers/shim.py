@@ -104,7 +104,10 @@ class UnmaskedShim(PyTorchShim):
             from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self._model).items()}
+            state = {
+                k: v.detach().contiguous().cpu()
+                for k, v in get_peft_model_state_dict(self._model, save_embedding_layers=False).items()
+            }
             save_file(state, str(path / ADAPTER_FILE))
             weights = "lora"
         elif self.settings.trains_base:
@@ -297,7 +300,7 @@ def _load_adapter(model: torch.nn.Module, adapter_path: Path) -> None:
         raise PipelineFormatError(
             f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again."
         ) from error
-    expected = get_peft_model_state_dict(model)
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
