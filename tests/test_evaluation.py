@@ -59,13 +59,12 @@ def test_strict_scores_match_spacy_scorer_on_docs():
 
 
 def test_evaluate_script_scores_the_pipeline_predictions(tiny_llama_dir, tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
     from spacy.tokens import DocBin
 
     from .pipelines import TRAIN, lora, make_nlp, train
+    from .scripts import load_script
 
     nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
     train(nlp, steps=25, lr=3e-3)
@@ -76,11 +75,7 @@ def test_evaluate_script_scores_the_pipeline_predictions(tiny_llama_dir, tmp_pat
         doc.ents = [doc.char_span(s, e, label=label) for s, e, label in ents]
         gold.add(doc)
     gold.to_disk(tmp_path / "gold.spacy")
-    path = Path(__file__).parent.parent / "scripts" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("evaluate_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(tmp_path / "model", tmp_path / "gold.spacy", tmp_path / "metrics.json", name="tiny")
+    load_script("evaluate").main(tmp_path / "model", tmp_path / "gold.spacy", tmp_path / "metrics.json", name="tiny")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["strict_span"]["f"] > 0.2  # trained on these very sentences
     assert metrics["strict_span"]["f"] == pytest.approx(metrics["spacy"]["ents_f"])

@@ -1,23 +1,19 @@
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from .scripts import load_script
+
 pytest.importorskip("matplotlib")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "report.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def report():
-    """scripts/report.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("report_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("report")
 
 
 def metrics(name: str, f: float, p: float, r: float, wps: float = 850.0) -> dict:
