@@ -232,3 +232,19 @@ def test_quantization_compute_dtype_typo_is_caught_in_the_config(tiny_llama_dir)
             lora=lora(),
             quantization={"@misc": "spacy-unmasked.BitsAndBytes.v1", "compute_dtype": "bf16"},
         )
+
+
+def test_quantization_without_bitsandbytes_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from spacy_unmasked.loading import _bitsandbytes_config
+    from spacy_unmasked.settings import QuantizationSettings
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "bitsandbytes" else real_find_spec(name)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'spacy-unmasked\[quantization\]'"):
+        _bitsandbytes_config(QuantizationSettings(), torch.device("cuda"))
