@@ -9,6 +9,8 @@ from thinc.types import Ragged
 
 from .alignment import align_span, build_alignment
 
+Row = tuple[Span, list[int], numpy.ndarray]
+
 
 @dataclass
 class EncodedBatch:
@@ -24,13 +26,14 @@ def encode_spans(tokenizer, nested_spans: list[list[Span]], *, max_length: int, 
     if asked, split any span whose pieces exceed ``max_length`` so that every
     token is covered, right-pad and align pieces to tokens."""
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    budget = max_length - len(bos)
+    kept = [[span for span in doc_spans if len(span)] for doc_spans in nested_spans]
+    fitted = iter(_fit(tokenizer, [span for doc_spans in kept for span in doc_spans], max_length - len(bos)))
     spans_out: list[list[Span]] = []
-    rows: list[tuple[Span, list[int], numpy.ndarray]] = []
-    for doc_spans in nested_spans:
-        fitted = _fit(tokenizer, [span for span in doc_spans if len(span)], budget)
-        spans_out.append([span for span, _, _ in fitted])
-        rows.extend(fitted)
+    rows: list[Row] = []
+    for doc_spans in kept:
+        doc_rows = [row for _ in doc_spans for row in next(fitted)]
+        spans_out.append([span for span, _, _ in doc_rows])
+        rows.extend(doc_rows)
     width = max((len(ids) for _, ids, _ in rows), default=0) + len(bos)
     input_ids = numpy.full((len(rows), width), tokenizer.pad_token_id, dtype="int64")
     attention_mask = numpy.zeros((len(rows), width), dtype="float32")
@@ -53,9 +56,12 @@ def encode_spans(tokenizer, nested_spans: list[list[Span]], *, max_length: int, 
     return EncodedBatch(spans=spans_out, wordpieces=wordpieces, align=align)
 
 
-def _fit(tokenizer, spans: list[Span], budget: int) -> list[tuple[Span, list[int], numpy.ndarray]]:
-    """Encode spans, halving (by tokens) those with more than ``budget`` pieces.
-    A single token longer than the budget keeps its first ``budget`` pieces."""
+def _fit(tokenizer, spans: list[Span], budget: int) -> list[list[Row]]:
+    """Encode all spans in one tokenizer call; for each span, its rows: the span
+    itself, or its halves (by tokens, recursively) when it has more than
+    ``budget`` pieces. A single token longer than the budget keeps its first
+    ``budget`` pieces; a span with no pieces at all gets one filler piece so
+    that no row is all padding."""
     if not spans:
         return []
     encoded = tokenizer(
@@ -65,13 +71,16 @@ def _fit(tokenizer, spans: list[Span], budget: int) -> list[tuple[Span, list[int
         return_attention_mask=False,
     )
     fitted = []
-    for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"], strict=False):
-        if len(ids) <= budget:
-            fitted.append((span, ids, numpy.asarray(offsets, dtype="i").reshape(-1, 2)))
+    for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        if not ids:
+            filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+            fitted.append([(span, [filler], numpy.zeros((1, 2), dtype="i"))])
+        elif len(ids) <= budget:
+            fitted.append([(span, ids, numpy.asarray(offsets, dtype="i").reshape(-1, 2))])
         elif len(span) > 1:
             middle = span.start + len(span) // 2
             halves = [span.doc[span.start : middle], span.doc[middle : span.end]]
-            fitted.extend(_fit(tokenizer, halves, budget))
+            fitted.append([row for half in _fit(tokenizer, halves, budget) for row in half])
         else:
-            fitted.append((span, ids[:budget], numpy.asarray(offsets[:budget], dtype="i").reshape(-1, 2)))
+            fitted.append([(span, ids[:budget], numpy.asarray(offsets[:budget], dtype="i").reshape(-1, 2))])
     return fitted
