@@ -81,14 +81,20 @@ class UnmaskHandle:
 
 
 def _symmetric_window(keys: torch.Tensor | None, mask: torch.Tensor, window: int) -> torch.Tensor:
-    """Restrict a padding mask to keys within ``window`` positions either side."""
+    """Restrict a padding mask to keys within ``window`` positions either side.
+
+    A padding query far from every real key would be left with no key at all,
+    which older torch versions turn into NaN; such rows may attend everywhere
+    (their outputs are padding and never used)."""
     length = mask.shape[-1]
     positions = torch.arange(length, device=mask.device)
     band = (positions[:, None] - positions[None, :]).abs() < window
     if mask.dtype == torch.bool:
-        return band if keys is None else keys & band
+        allowed = band if keys is None else keys & band
+        return allowed | ~allowed.any(dim=-1, keepdim=True)
     blocked = torch.finfo(mask.dtype).min
-    return keys + torch.zeros_like(band, dtype=mask.dtype).masked_fill(~band, blocked)
+    result = keys + torch.zeros_like(band, dtype=mask.dtype).masked_fill(~band, blocked)
+    return result.masked_fill((result <= blocked).all(dim=-1, keepdim=True), 0.0)
 
 
 def resolve_layers(model: nn.Module | int, spec: UnmaskSpec) -> list[int]:

@@ -101,9 +101,8 @@ class TransformerSettings:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the settings."""
         data = asdict(self)
-        for key in ("lora",):
-            if data[key] is not None:
-                data[key]["target_modules"] = list(data[key]["target_modules"])
+        if data["lora"] is not None:
+            data["lora"]["target_modules"] = list(data["lora"]["target_modules"])
         return data
 
     @classmethod
