@@ -76,7 +76,6 @@ class UnmaskedShim(PyTorchShim):
         """Load tokenizer and base as the settings say, with fresh LoRA adapters."""
         settings = self.settings
         config = load_base_config(settings)
-        resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading the tokenizer or weights
         self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
         self._model, self.handle = build_transformer(settings, get_torch_default_device(), config=config)
         self.fingerprint = base_fingerprint(settings, self._model)
