@@ -10,11 +10,13 @@ from functools import partial
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch
+from spacy_transformers.layers import split_trf_batch, trfs2arrays
 from spacy_transformers.span_getters import get_strided_spans
-from thinc.api import Model
+from thinc.api import Model, chain
+from thinc.types import Floats2d, Ragged
 
-from .layers.model import UnmaskedTransformerModel
-from .settings import LoRASettings, QuantizationSettings, TransformerSettings
+from .layers.model import TOK2VEC_ARCHITECTURE, UnmaskedTransformerModel
+from .settings import LoRASettings, QuantizationSettings, Training, TransformerSettings
 
 
 @registry.architectures("spacy-unmasked.UnmaskedTransformer.v1")
@@ -52,11 +54,14 @@ def create_unmasked_transformer(
     lora: null, or a ``spacy-unmasked.LoRA.v1`` block. With LoRA only adapter
         weights train and only they are saved.
     quantization: null, or a ``spacy-unmasked.BitsAndBytes.v1`` block (needs
-        LoRA or ``freeze_base``).
+        LoRA or ``freeze_base``; runs on CUDA, and on CPU with bitsandbytes
+        >= 0.50.2).
     freeze_base: Without LoRA: true keeps the base fixed (no gradients), false
         fine-tunes every weight (saved as safetensors shards).
-    torch_dtype: "auto" (bfloat16 on GPU unless the base is fully trained,
-        float32 on CPU), "float32", "bfloat16" or "float16".
+    torch_dtype: "auto" (bfloat16 where the device computes it natively — CUDA
+        GPUs since Ampere, CPUs with AVX512-BF16/AMX — unless the base is fully
+        trained; float32 otherwise), "float32", "bfloat16" or "float16".
+        LoRA adapters always stay float32.
     attn_implementation: "sdpa", "eager" or "flash_attention_2".
     gradient_checkpointing: Recompute activations in backward to save memory.
     num_layers: Run only the first ``num_layers`` decoder blocks (null: all).
@@ -72,9 +77,9 @@ def create_unmasked_transformer(
         name=str(name),
         revision=revision,
         unmask=list(unmask) if isinstance(unmask, (list, tuple)) else unmask,
+        training=Training.from_config(lora=lora, freeze_base=freeze_base),
         lora=lora,
         quantization=quantization,
-        freeze_base=freeze_base,
         torch_dtype=torch_dtype,
         attn_implementation=attn_implementation,
         gradient_checkpointing=gradient_checkpointing,
@@ -91,21 +96,25 @@ def create_unmasked_transformer(
     )
 
 
-@registry.misc("spacy-unmasked.LoRA.v1")
-def create_lora(
-    *, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules: list[str] = ["q_proj", "v_proj"]
-) -> LoRASettings:
-    """LoRA adapters (peft): rank ``r``, scaling ``alpha``, ``dropout``, on the
-    linear layers named in ``target_modules``. Defaults: the paper's recipe."""
-    return LoRASettings(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
+# The settings classes are registered as they are: their fields and docstrings
+# are the config surface, and their defaults live in one place (settings.py).
+create_lora = registry.misc("spacy-unmasked.LoRA.v1")(LoRASettings)
+create_bitsandbytes = registry.misc("spacy-unmasked.BitsAndBytes.v1")(QuantizationSettings)
 
 
-@registry.misc("spacy-unmasked.BitsAndBytes.v1")
-def create_bitsandbytes(
-    *, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "bfloat16"
-) -> QuantizationSettings:
-    """bitsandbytes quantization of the base: 4-bit (``quant_type`` nf4 or fp4,
-    optional double quantization, ``compute_dtype``) or 8-bit. Defaults: QLoRA."""
-    return QuantizationSettings(
-        bits=bits, quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype
-    )
+@registry.architectures(TOK2VEC_ARCHITECTURE)
+def create_tok2vec_transformer(
+    transformer: Model[list[Doc], FullTransformerBatch],
+    pooling: Model[Ragged, Floats2d],
+    grad_factor: float = 1.0,
+) -> Model[list[Doc], list[Floats2d]]:
+    """An unmasked transformer used directly as a component's tok2vec, pooled
+    to one vector per token. ``nlp.replace_listeners`` writes this block in the
+    place of a ``TransformerListener``, so that a component keeps a private copy
+    of the transformer (e.g. to be sourced into another pipeline).
+
+    transformer: A ``spacy-unmasked.UnmaskedTransformer.v1`` block.
+    pooling: Reduction from pieces to tokens, e.g. ``reduce_mean.v1``.
+    grad_factor: Scale of the gradient passed to the transformer.
+    """
+    return chain(chain(transformer, split_trf_batch()), trfs2arrays(pooling, grad_factor))

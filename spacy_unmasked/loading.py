@@ -1,27 +1,83 @@
-"""Load a base decoder and its tokenizer as the settings ask: dtype, device,
-quantization, attention backend, LoRA, frozen weights and unmasking."""
+"""Hugging Face loading, and the one recipe that builds the transformer:
+base (dtype, device, quantization, attention backend) → training mode → LoRA →
+unmask → a check that unmasking took effect. ``initialize`` and ``spacy.load``
+both go through :func:`build_transformer`."""
 
-import hashlib
+import importlib.metadata
 import importlib.util
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family, find_decoder
+from .errors import BaseModelNotFoundError, QuantizationUnavailableError
+from .families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family
 from .masking import UnmaskHandle, unmask
-from .settings import LoRASettings, QuantizationSettings, TransformerSettings
+from .saving import SavedTransformer, base_identity, check_adapter, check_architecture, check_weights
+from .settings import LoRASettings, QuantizationSettings, Training, TransformerSettings
 from .spec import resolve_spec
 
+# bitsandbytes releases tested here: CUDA since long, CPU (4-bit, 8-bit, QLoRA backward) from 0.50.2.
+MIN_BITSANDBYTES = {"cuda": (0, 45, 0), "cpu": (0, 50, 2)}
 
-class BaseModelNotFoundError(OSError):
-    """The base model named by a pipeline cannot be found."""
+
+@dataclass
+class BuiltTransformer:
+    """A decoder ready for the pipeline, its unmask handle and its base identity."""
+
+    model: torch.nn.Module
+    handle: UnmaskHandle
+    base: dict[str, Any]
 
 
-class BaseModelMismatchError(ValueError):
-    """The base model found differs from the one a pipeline was trained on."""
+def build_transformer(
+    settings: TransformerSettings, device: torch.device, *, saved: SavedTransformer | None = None
+) -> BuiltTransformer:
+    """Build the transformer: fresh LoRA adapters on the named base (``saved`` is
+    None), or a saved pipeline's adapter or weights, its base checked against the
+    identity it was saved with."""
+    stored_weights = saved.weights_dir if saved is not None else None
+    if stored_weights is None:
+        config = load_base_config(settings)
+    else:
+        config = AutoConfig.from_pretrained(str(stored_weights))
+        check_family(config)
+    if saved is not None and stored_weights is None:
+        check_architecture(saved.base, settings.name, config)
+    layers = resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
+    model = load_base_model(
+        settings, device, config=config, source=str(stored_weights) if stored_weights else None,
+        for_training=saved is None,
+    )
+    if saved is not None and stored_weights is not None:
+        base = saved.base
+    else:
+        base = base_identity(settings, model)
+        if saved is not None:
+            check_weights(saved.base, base)
+    if settings.training == Training.FROZEN:
+        model.requires_grad_(False)
+    elif settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if settings.training == Training.LORA:
+        model = apply_lora(model, settings.lora, state=saved.adapter if saved is not None else None)
+    handle = unmask(model, layers)
+    _verify(model, handle)
+    return BuiltTransformer(model=model, handle=handle, base=base)
+
+
+def _verify(model: torch.nn.Module, handle: UnmaskHandle) -> None:
+    """Check in one tiny forward pass that the unmasked layers attend both ways."""
+    try:
+        from .guard import verify_unmasking
+    except ImportError:  # pragma: no cover - the guard module is part of the package
+        return
+    verify_unmasking(model, handle.layers)
+
+
+# Config and tokenizer -------------------------------------------------------
 
 
 def _source(name: str) -> tuple[str, dict[str, Any]]:
@@ -42,7 +98,7 @@ def _not_found(name: str, error: Exception) -> BaseModelNotFoundError:
 
 
 def load_base_config(settings: TransformerSettings):
-    """Load and check the base model's config (no weights)."""
+    """Load and check the base model's config (no weights), cut to ``num_layers``."""
     source, extra = _source(settings.name)
     try:
         config = AutoConfig.from_pretrained(source, revision=settings.revision, **extra, **settings.transformer_config)
@@ -103,16 +159,33 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+# Weights ------------------------------------------------------------------------
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA: Ampere or newer;
+    CPU: AVX512-BF16, AMX or Arm BF16, as oneDNN reports it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 def resolve_dtype(settings: TransformerSettings, device: torch.device, *, for_training: bool = True) -> torch.dtype:
-    """The dtype of the base weights: 'auto' is bfloat16 on CUDA unless the base
-    itself is trained (thinc's optimizer needs float32), float32 otherwise.
-    A fully fine-tuned pipeline may still be loaded in bfloat16 for inference."""
+    """The dtype of the base weights. 'auto' is bfloat16 where the device computes
+    it natively unless the base itself is trained (thinc's optimizer needs
+    float32), float32 otherwise. A fully fine-tuned pipeline may still be loaded
+    in bfloat16 for inference."""
     if settings.torch_dtype == "auto":
-        if device.type == "cuda" and not settings.trains_base:
+        if settings.training != Training.FULL and native_bfloat16(device):
             return torch.bfloat16
         return torch.float32
     dtype = getattr(torch, settings.torch_dtype)
-    if for_training and settings.trains_base and dtype != torch.float32:
+    if for_training and settings.training == Training.FULL and dtype != torch.float32:
         raise ValueError(
             f"Full fine-tuning needs float32 weights, but torch_dtype is {settings.torch_dtype!r}: "
             "use torch_dtype = 'float32', add a LoRA block, or set freeze_base = true."
@@ -120,16 +193,26 @@ def resolve_dtype(settings: TransformerSettings, device: torch.device, *, for_tr
     return dtype
 
 
-def _bitsandbytes_config(quantization: QuantizationSettings, device: torch.device):
-    if device.type != "cuda":
-        raise ValueError(
-            f"{quantization.bits}-bit quantization needs a CUDA GPU but the model would run on {device.type}: "
-            "train with --gpu-id 0 (spacy.require_gpu() in Python), or set quantization = null on CPU."
+def bitsandbytes_config(quantization: QuantizationSettings, device: torch.device):
+    """The transformers ``BitsAndBytesConfig`` for ``quantization``, after checking
+    that the installed bitsandbytes runs on ``device``."""
+    minimum = MIN_BITSANDBYTES.get(device.type)
+    wanted = "pip install 'spacy-unmasked[quantization]'"
+    if minimum is None:
+        raise QuantizationUnavailableError(
+            f"bitsandbytes quantization is not supported on {device.type} by spacy-unmasked: run on CUDA or CPU, "
+            "or set quantization = null."
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError(
-            "Quantization needs bitsandbytes, which is not installed: "
-            "pip install 'spacy-unmasked[quantization]', or set quantization = null."
+        raise QuantizationUnavailableError(
+            f"Quantization needs bitsandbytes, which is not installed: {wanted} (bitsandbytes >= "
+            f"{'.'.join(map(str, minimum))} on {device.type}), or set quantization = null."
+        )
+    installed = importlib.metadata.version("bitsandbytes")
+    if _version_tuple(installed) < minimum:
+        raise QuantizationUnavailableError(
+            f"bitsandbytes {installed} cannot quantize on {device.type}: install bitsandbytes >= "
+            f"{'.'.join(map(str, minimum))} ({wanted}), or set quantization = null."
         )
     from transformers import BitsAndBytesConfig
 
@@ -143,19 +226,25 @@ def _bitsandbytes_config(quantization: QuantizationSettings, device: torch.devic
     )
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def load_base_model(
     settings: TransformerSettings,
     device: torch.device,
     *,
+    config,
     source: str | None = None,
-    config=None,
     for_training: bool = True,
 ) -> torch.nn.Module:
     """Load the bare decoder (``XModel``, no LM head) with dtype, backend,
     quantization and device applied. ``source`` overrides ``settings.name``
-    (used for weights saved with a pipeline); ``config`` skips reloading it."""
-    if config is None:
-        config = load_base_config(settings) if source is None else AutoConfig.from_pretrained(source)
+    (used for weights saved with a pipeline)."""
     name, extra = _source(source or settings.name)
     kwargs: dict[str, Any] = dict(
         config=config,
@@ -166,8 +255,8 @@ def load_base_model(
     if source is None:
         kwargs["revision"] = settings.revision
     if settings.quantization is not None:
-        kwargs["quantization_config"] = _bitsandbytes_config(settings.quantization, device)
-    if device.type != "cpu":
+        kwargs["quantization_config"] = bitsandbytes_config(settings.quantization, device)
+    if device.type != "cpu" or settings.quantization is not None:
         kwargs["device_map"] = {"": device}  # load straight onto the device, no host copy
     try:
         model = AutoModel.from_pretrained(name, **kwargs)
@@ -184,8 +273,11 @@ def load_base_model(
     return model
 
 
-def apply_lora(model: torch.nn.Module, lora: LoRASettings) -> torch.nn.Module:
-    """Wrap ``model`` with fresh LoRA adapters whose weights are float32."""
+def apply_lora(
+    model: torch.nn.Module, lora: LoRASettings, *, state: dict[str, torch.Tensor] | None = None
+) -> torch.nn.Module:
+    """Wrap ``model`` with LoRA adapters whose weights are float32: fresh ones,
+    or the saved ``state`` (checked to fit)."""
     import peft
 
     check_lora_targets(model, lora)
@@ -196,7 +288,11 @@ def apply_lora(model: torch.nn.Module, lora: LoRASettings) -> torch.nn.Module:
         target_modules=list(lora.target_modules),
         bias="none",
     )
-    return peft.get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters stay float32
+    model = peft.get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters stay float32
+    if state is not None:
+        check_adapter(model, state, "saved with this pipeline")
+        peft.set_peft_model_state_dict(model, state)
+    return model
 
 
 def check_lora_targets(model: torch.nn.Module, lora: LoRASettings) -> None:
@@ -212,106 +308,4 @@ def check_lora_targets(model: torch.nn.Module, lora: LoRASettings) -> None:
         raise ValueError(
             f"LoRA target modules {missing} do not exist in this model. Its linear layers are: "
             f"{', '.join(short_names)}. Set lora.target_modules to some of them."
-        )
-
-
-def configure_training(model: torch.nn.Module, settings: TransformerSettings) -> None:
-    """Freeze what is not trained and switch on gradient checkpointing if asked."""
-    if settings.freeze_base:
-        model.requires_grad_(False)
-    if settings.gradient_checkpointing and not settings.freeze_base:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def build_transformer(
-    settings: TransformerSettings, device: torch.device, *, config=None
-) -> tuple[torch.nn.Module, UnmaskHandle]:
-    """Load the base, add fresh LoRA adapters if configured, freeze or enable
-    checkpointing, and unmask. Returns the model and the unmask handle."""
-    config = config if config is not None else load_base_config(settings)
-    resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
-    model = load_base_model(settings, device, config=config)
-    configure_training(model, settings)
-    if settings.lora is not None:
-        model = apply_lora(model, settings.lora)
-    handle = unmask(model, settings.unmask)
-    return model, handle
-
-
-_VOLATILE_CONFIG_KEYS = {
-    "_name_or_path",
-    "transformers_version",
-    "torch_dtype",
-    "quantization_config",
-    "_attn_implementation",
-    "_attn_implementation_autoset",
-    "attn_implementation",
-    "use_cache",
-    "architectures",
-    "return_dict",
-    "output_hidden_states",
-    "output_attentions",
-    "_commit_hash",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-}
-
-
-def config_digest(config) -> str:
-    """SHA-256 of a config's architecture settings (names, paths and runtime flags left out)."""
-    architecture = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def base_fingerprint(settings: TransformerSettings, model: torch.nn.Module) -> dict[str, Any]:
-    """Identity of a base model: name, revision, an architecture hash and a
-    probe of its weights, checked again when a pipeline loads."""
-    return {
-        "name": settings.name,
-        "revision": settings.revision,
-        "model_type": model.config.model_type,
-        "num_hidden_layers": model.config.num_hidden_layers,
-        "config_sha256": config_digest(model.config),
-        "embedding_probe": embedding_probe(model),
-    }
-
-
-def check_architecture(saved: dict[str, Any], settings: TransformerSettings, config) -> None:
-    """Raise before loading weights if the base's architecture differs from the saved one."""
-    if saved["config_sha256"] != config_digest(config):
-        raise BaseModelMismatchError(
-            f"Base model {settings.name!r} ({config.model_type}, {config.num_hidden_layers} layers) has a "
-            f"different architecture from the one this pipeline was trained on, {saved['name']!r} "
-            f"({saved['model_type']}, {saved['num_hidden_layers']} layers). {_POINT_AT_BASE}"
-        )
-
-
-def embedding_probe(model: torch.nn.Module) -> list:
-    """A cheap weight identity: input-embedding values at spread-out rows plus
-    the last block's and the final norm weights (never quantized; fine-tunes
-    change them)."""
-    weight = model.get_input_embeddings().weight
-    rows = torch.linspace(0, weight.shape[0] - 1, 8).long().to(weight.device)
-    values = [weight[rows, :8].flatten()]
-    decoder = find_decoder(model)
-    for norm in (decoder.layers[-1].input_layernorm, decoder.layers[-1].post_attention_layernorm, decoder.norm):
-        values.append(norm.weight[:32])
-    return torch.cat([v.detach().float().cpu() for v in values]).tolist()
-
-
-_POINT_AT_BASE = (
-    "Point the pipeline at the base it was trained on with spacy.load(path, config="
-    "{'components': {'transformer': {'model': {'name': ...}}}})."
-)
-
-
-def check_weights(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise :class:`BaseModelMismatchError` if the base's weight probe differs from the saved one."""
-    probe_saved = torch.tensor(saved["embedding_probe"])
-    probe_now = torch.tensor(current["embedding_probe"])
-    if probe_saved.shape != probe_now.shape or not torch.allclose(probe_saved, probe_now, rtol=1e-2, atol=1e-6):
-        raise BaseModelMismatchError(
-            f"Base model {current['name']!r} has the same architecture as {saved['name']!r} but "
-            f"different weights, so the saved adapter would give wrong results. {_POINT_AT_BASE}"
         )

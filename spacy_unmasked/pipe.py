@@ -7,18 +7,25 @@ it stores the same files packed into msgpack entries, which suits LoRA and
 frozen bases (a few MB) but not full fine-tuning of large models.
 """
 
+import logging
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import srsly
 from spacy import util
 from spacy.language import Language
 from spacy.tokens import Doc
-from spacy_transformers.data_classes import FullTransformerBatch, TransformerData
+from spacy_transformers.data_classes import FullTransformerBatch
 from spacy_transformers.pipeline_component import DOC_EXT_ATTR, Transformer
 from thinc.api import Model
 
 from .layers.shim import UnmaskedShim
+from .summary import describe, one_line
+
+logger = logging.getLogger("spacy_unmasked")
+META_KEY = "unmasked"
 
 
 @Language.factory(
@@ -38,11 +45,36 @@ def make_unmasked_transformer(
 ) -> "UnmaskedTransformer":
     """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer.v1``
     models that saves its model as a folder of files."""
-    return UnmaskedTransformer(nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name)
+    component = UnmaskedTransformer(
+        nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name
+    )
+    component._nlp = weakref.ref(nlp)
+    return component
 
 
 class UnmaskedTransformer(Transformer):
-    """spacy-transformers' Transformer with folder-based model serialization."""
+    """spacy-transformers' Transformer with folder-based model serialization.
+    Once its decoder is loaded it states what it is in ``nlp.meta["unmasked"]``
+    (base, unmask spec and layers, LoRA, quantization, dtype)."""
+
+    _nlp: Callable[[], Language | None] = staticmethod(lambda: None)
+
+    def initialize(self, get_examples: Callable, *, nlp: Language | None = None) -> None:
+        """Load the base model with fresh adapters and find the listeners."""
+        super().initialize(get_examples, nlp=nlp)
+        self._describe(loaded=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What this transformer is: base, unmask spec and layers, LoRA, quantization, dtype."""
+        return describe(self._shim)
+
+    def _describe(self, *, loaded: bool) -> None:
+        summary = self.describe()
+        nlp = self._nlp()
+        if nlp is not None:
+            nlp.meta[META_KEY] = summary
+        if loaded:
+            logger.info("Loaded %s", one_line(summary))
 
     @property
     def _shim(self) -> UnmaskedShim:
@@ -69,6 +101,7 @@ class UnmaskedTransformer(Transformer):
         def load_model(p: Path) -> None:
             self._shim.load(p)
             self.model.set_dim("nO", self._shim.hidden_size)
+            self._describe(loaded=True)
 
         deserialize = {
             "vocab": self.vocab.from_disk,
@@ -77,17 +110,3 @@ class UnmaskedTransformer(Transformer):
         }
         util.from_disk(path, deserialize, exclude)
         return self
-
-
-@Language.factory("unmasked_release_features")
-def make_release_features(nlp: Language, name: str) -> Callable[[Doc], Doc]:
-    """A last component that frees ``doc._.trf_data`` (hidden states, pieces and
-    alignment) once the listeners have used it, so processed docs stay small."""
-    return release_features
-
-
-def release_features(doc: Doc) -> Doc:
-    """Replace the doc's transformer data with an empty record."""
-    if Doc.has_extension(DOC_EXT_ATTR):
-        doc._.trf_data = TransformerData.empty()
-    return doc

@@ -1,36 +1,58 @@
-"""Typed settings of an unmasked transformer, shared by building, saving and loading."""
+"""Typed settings of an unmasked transformer, shared by building, saving and loading.
 
-from dataclasses import asdict, dataclass, field
+The LoRA and quantization settings classes are registered as they are
+(``spacy-unmasked.LoRA.v1``, ``spacy-unmasked.BitsAndBytes.v1``), so their
+defaults live here only. :class:`TransformerSettings` has no defaults: the
+registered architecture (``architectures.py``) is the one place that sets them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 from .families import SUPPORTED_BACKENDS, UnsupportedModelError
 from .spec import check_spec
 
 UnmaskValue = str | list[int]
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoRASettings:
-    """LoRA adapter settings (see ``spacy-unmasked.LoRA.v1``)."""
+    """LoRA adapters (peft): rank ``r``, scaling ``alpha``, ``dropout``, on the
+    linear layers named in ``target_modules`` (short names such as ``q_proj`` or
+    dotted ones such as ``self_attn.q_proj``). Defaults: the paper's recipe."""
 
     r: int = 64
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: Sequence[str] = ("q_proj", "v_proj")
 
     def __post_init__(self):
         if self.r < 1:
             raise ValueError(f"LoRA rank r={self.r} must be at least 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout {self.dropout} must be in [0, 1).")
-        if not self.target_modules:
-            raise ValueError("LoRA target_modules is empty: name modules such as ['q_proj', 'v_proj'].")
+        if isinstance(self.target_modules, str) or not self.target_modules:
+            raise ValueError(
+                f"LoRA target_modules {self.target_modules!r} must be a non-empty list of module names such as "
+                "['q_proj', 'v_proj']."
+            )
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
+    @property
+    def shape(self) -> tuple:
+        """The settings that decide what saved adapter weights mean (not dropout)."""
+        return (self.r, self.alpha, tuple(self.target_modules))
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class QuantizationSettings:
-    """bitsandbytes quantization settings (see ``spacy-unmasked.BitsAndBytes.v1``)."""
+    """bitsandbytes quantization of the base: 4-bit (``quant_type`` nf4 or fp4,
+    optional double quantization, ``compute_dtype``) or 8-bit. Runs on CUDA and,
+    with bitsandbytes >= 0.50.2, on CPU. Defaults: QLoRA (NF4, double
+    quantization, bfloat16 compute)."""
 
     bits: int = 4
     quant_type: str = "nf4"
@@ -49,34 +71,51 @@ class QuantizationSettings:
             raise ValueError(f"Quantization type {self.quant_type!r} is not supported: use 'nf4' or 'fp4'.")
 
 
-@dataclass(frozen=True)
+class Training(str, Enum):
+    """What training changes in the transformer: LoRA adapters only, every base
+    weight, or nothing (a frozen feature extractor)."""
+
+    LORA = "lora"
+    FULL = "full"
+    FROZEN = "frozen"
+
+    @classmethod
+    def from_config(cls, *, lora: LoRASettings | None, freeze_base: bool) -> "Training":
+        """The mode a config's ``lora`` block and ``freeze_base`` flag ask for."""
+        if lora is not None and freeze_base:
+            raise ValueError("freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them.")
+        if lora is not None:
+            return cls.LORA
+        return cls.FROZEN if freeze_base else cls.FULL
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransformerSettings:
     """Everything needed to rebuild the Hugging Face side of the pipeline."""
 
     name: str
-    revision: str | None = None
-    unmask: UnmaskValue = "all"
-    lora: LoRASettings | None = None
-    quantization: QuantizationSettings | None = None
-    freeze_base: bool = False
-    torch_dtype: str = "auto"
-    attn_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
-    num_layers: int | None = None
-    max_length: int = 512
-    add_bos: bool = True
-    tokenizer_config: dict[str, Any] = field(default_factory=dict)
-    transformer_config: dict[str, Any] = field(default_factory=dict)
+    revision: str | None
+    unmask: UnmaskValue
+    training: Training
+    lora: LoRASettings | None
+    quantization: QuantizationSettings | None
+    torch_dtype: str
+    attn_implementation: str
+    gradient_checkpointing: bool
+    num_layers: int | None
+    max_length: int
+    add_bos: bool
+    tokenizer_config: dict[str, Any]
+    transformer_config: dict[str, Any]
 
     def __post_init__(self):
-        if self.quantization is not None and self.lora is None and not self.freeze_base:
+        object.__setattr__(self, "training", Training(self.training))
+        if (self.training == Training.LORA) != (self.lora is not None):
+            raise ValueError(f"Training mode {self.training.value!r} does not match lora = {self.lora!r}.")
+        if self.quantization is not None and self.training == Training.FULL:
             raise ValueError(
                 "A quantized base cannot be fine-tuned fully: add a LoRA block "
                 "(lora = spacy-unmasked.LoRA.v1) or set freeze_base = true."
-            )
-        if self.lora is not None and self.freeze_base:
-            raise ValueError(
-                "freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them."
             )
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers={self.num_layers} must be at least 1 (or null for every layer).")
@@ -88,29 +127,25 @@ class TransformerSettings:
             )
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
-        if self.torch_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"torch_dtype {self.torch_dtype!r} is not supported: use 'auto', 'float32', 'bfloat16' or 'float16'."
-            )
-
-    @property
-    def trains_base(self) -> bool:
-        """Whether every base weight is trained (full fine-tuning)."""
-        return self.lora is None and not self.freeze_base
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ValueError(f"torch_dtype {self.torch_dtype!r} is not supported: use {', '.join(map(repr, TORCH_DTYPES))}.")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the settings."""
         data = asdict(self)
+        data["training"] = self.training.value
         if data["lora"] is not None:
             data["lora"]["target_modules"] = list(data["lora"]["target_modules"])
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TransformerSettings":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (also reads format-1 manifests, which stored ``freeze_base``)."""
         data = dict(data)
-        if data.get("lora") is not None:
-            data["lora"] = LoRASettings(**data["lora"])
+        lora = LoRASettings(**data["lora"]) if data.get("lora") is not None else None
+        data["lora"] = lora
         if data.get("quantization") is not None:
             data["quantization"] = QuantizationSettings(**data["quantization"])
+        if "freeze_base" in data:
+            data["training"] = Training.from_config(lora=lora, freeze_base=data.pop("freeze_base"))
         return cls(**data)

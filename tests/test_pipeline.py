@@ -6,8 +6,7 @@ import spacy
 import torch
 import transformers
 
-from spacy_unmasked import resolve_layers, unmask
-from spacy_unmasked.loading import BaseModelMismatchError, BaseModelNotFoundError
+from spacy_unmasked import BaseModelMismatchError, BaseModelNotFoundError, resolve_layers, unmask
 
 from .pipelines import TRAIN, examples, lora, make_nlp, train
 from .tiny import save_tiny_pretrained
@@ -37,6 +36,13 @@ def assert_same_outputs(nlp_a, nlp_b):
         numpy.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def resolved_auto_dtype():
+    """What torch_dtype = 'auto' gives a LoRA-trained base on this machine."""
+    from spacy_unmasked.loading import native_bfloat16
+
+    return torch.bfloat16 if native_bfloat16(torch.device("cpu")) else torch.float32
+
+
 def test_features_match_hugging_face_with_the_same_spec(tiny_llama_dir):
     nlp = make_nlp(tiny_llama_dir, unmask="0011", components=())
     nlp.initialize()
@@ -49,7 +55,7 @@ def test_features_match_hugging_face_with_the_same_spec(tiny_llama_dir):
     with torch.no_grad():
         expected = hf(input_ids=torch.tensor(data.wordpieces.input_ids)).last_hidden_state.numpy()
     numpy.testing.assert_allclose(data.model_output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
-    assert resolve_layers(nlp.get_pipe("transformer").model.shims[0]._model, "0011") == [2, 3]
+    assert resolve_layers(nlp.get_pipe("transformer").model.transformer, "0011") == [2, 3]
 
 
 @pytest.mark.parametrize("factory", ["unmasked_transformer", "transformer"])
@@ -59,15 +65,16 @@ def test_lora_training_ner_and_spancat_then_round_trip(tiny_llama_dir, tmp_path,
     nlp.to_disk(tmp_path / "untrained")
     assert_same_outputs(nlp, spacy.load(tmp_path / "untrained"))
 
-    shim = nlp.get_pipe("transformer").model.shims[0]
-    before = {k: v.clone() for k, v in shim._model.named_parameters()}
+    transformer = nlp.get_pipe("transformer").model.transformer
+    before = {k: v.clone() for k, v in transformer.named_parameters()}
     history = train(nlp, steps=20, optimizer=optimizer)
     assert sum(h["ner"] for h in history[-3:]) / 3 < 0.9 * history[0]["ner"]
     assert history[-1]["spancat"] < history[0]["spancat"] / 3
-    for name, value in shim._model.named_parameters():
-        changed = not torch.equal(before[name], value)
-        assert changed == ("lora_B" in name or "lora_A" in name), name
-        assert value.dtype == torch.float32
+    for name, value in transformer.named_parameters():
+        is_adapter = "lora_B" in name or "lora_A" in name
+        assert (not torch.equal(before[name], value)) == is_adapter, name
+        # adapters train in float32 whatever the base's dtype ('auto': bfloat16 where the CPU has it)
+        assert value.dtype == (torch.float32 if is_adapter else resolved_auto_dtype()), name
     nlp.to_disk(tmp_path / "trained")
     reloaded = spacy.load(tmp_path / "trained")
     assert_same_outputs(nlp, reloaded)
@@ -82,7 +89,7 @@ def test_full_fine_tuning_saves_safetensors_shards(tiny_llama_dir, tmp_path):
     shim_params = None
     history = train(nlp, steps=6)
     assert history[-1]["ner"] < history[0]["ner"]
-    shim_params = dict(nlp.get_pipe("transformer").model.shims[0]._model.named_parameters())
+    shim_params = dict(nlp.get_pipe("transformer").model.transformer.named_parameters())
     stock = transformers.AutoModel.from_pretrained(tiny_llama_dir)
     changed = [n for n, p in stock.named_parameters() if not torch.equal(p, shim_params[n])]
     assert len(changed) > len(shim_params) // 2
@@ -95,11 +102,11 @@ def test_full_fine_tuning_saves_safetensors_shards(tiny_llama_dir, tmp_path):
 def test_frozen_base_gets_no_gradients(tiny_llama_dir, tmp_path):
     nlp = make_nlp(tiny_llama_dir, freeze_base=True, components=("ner",))
     nlp.initialize()
-    shim = nlp.get_pipe("transformer").model.shims[0]
-    before = {k: v.clone() for k, v in shim._model.named_parameters()}
+    transformer = nlp.get_pipe("transformer").model.transformer
+    before = {k: v.clone() for k, v in transformer.named_parameters()}
     history = train(nlp, steps=5)
     assert history[-1]["ner"] < history[0]["ner"]
-    assert all(torch.equal(before[k], v) and v.grad is None for k, v in shim._model.named_parameters())
+    assert all(torch.equal(before[k], v) and v.grad is None for k, v in transformer.named_parameters())
     nlp.to_disk(tmp_path / "frozen")
     assert not list((tmp_path / "frozen").rglob("*.safetensors"))
     assert_same_outputs(nlp, spacy.load(tmp_path / "frozen"))
@@ -128,7 +135,7 @@ def test_saved_pipeline_checks_its_base(tiny_llama_dir, tmp_path):
 def test_bf16_base_keeps_lora_weights_float32(tiny_llama_dir):
     nlp = make_nlp(tiny_llama_dir, lora=lora(), torch_dtype="bfloat16", components=("ner",))
     history = train(nlp, steps=3)
-    model = nlp.get_pipe("transformer").model.shims[0]._model
+    model = nlp.get_pipe("transformer").model.transformer
     dtypes = {p.dtype for n, p in model.named_parameters() if p.requires_grad}
     assert dtypes == {torch.float32}
     assert model.get_base_model().layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
@@ -138,7 +145,7 @@ def test_bf16_base_keeps_lora_weights_float32(tiny_llama_dir):
 
 
 def test_num_layers_runs_only_the_first_blocks(tiny_llama_dir, tmp_path):
-    nlp = make_nlp(tiny_llama_dir, num_layers=2, unmask="01", freeze_base=True, components=())
+    nlp = make_nlp(tiny_llama_dir, num_layers=2, unmask="01", freeze_base=True, torch_dtype="float32", components=())
     nlp.initialize()
     doc = nlp("Jane Smith visited Berlin.")
     hf = transformers.AutoModel.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
@@ -149,7 +156,7 @@ def test_num_layers_runs_only_the_first_blocks(tiny_llama_dir, tmp_path):
     numpy.testing.assert_allclose(doc._.trf_data.model_output.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
     lora_nlp = make_nlp(tiny_llama_dir, num_layers=2, unmask="01", lora=lora(), components=("ner",))
     train(lora_nlp, steps=2)
-    assert len(lora_nlp.get_pipe("transformer").model.shims[0]._model.get_base_model().layers) == 2
+    assert len(lora_nlp.get_pipe("transformer").model.transformer.get_base_model().layers) == 2
     lora_nlp.to_disk(tmp_path / "p")
     assert_same_outputs(lora_nlp, spacy.load(tmp_path / "p"))
 
@@ -170,11 +177,82 @@ def test_embedded_base_loads_without_the_original(tiny_llama_dir, tmp_path):
     assert not any("lora_" in k or "base_layer" in k for k in state)
 
 
-def test_release_features_frees_transformer_outputs(tiny_llama_dir):
+def test_doc_cleaner_frees_transformer_outputs_and_keeps_entities(tiny_llama_dir):
     nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
     train(nlp, steps=2)
     kept = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(TEXTS)]
-    nlp.add_pipe("unmasked_release_features", last=True)
+    assert all("last_hidden_state" in d._.trf_data.model_output for d in nlp.pipe(TEXTS))
+    nlp.add_pipe("doc_cleaner", last=True)
     docs = list(nlp.pipe(TEXTS))
     assert [[(e.start, e.end, e.label_) for e in d.ents] for d in docs] == kept
-    assert all("last_hidden_state" not in d._.trf_data.model_output for d in docs)
+    assert all(d._.trf_data is None for d in docs)
+
+
+def test_model_exposes_transformer_and_tokenizer_like_spacy_transformers(tiny_llama_dir):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
+    model = nlp.get_pipe("transformer").model
+    assert model.transformer is None and model.tokenizer is None
+    nlp.initialize()
+    stock = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert model.tokenizer("Jane Smith")["input_ids"] == stock("Jane Smith")["input_ids"]
+    assert model.tokenizer.padding_side == "right"
+    assert type(model.transformer.get_base_model()).__name__ == "LlamaModel"
+    assert model.copy().transformer is not model.transformer
+
+
+def test_replace_listeners_then_source_ner_into_another_pipeline(tiny_llama_dir, tmp_path):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=("ner",))
+    train(nlp, steps=15)
+    expected = predictions(nlp)[0]
+    assert any(expected)
+    nlp.replace_listeners("transformer", "ner", ["model.tok2vec"])
+    tok2vec_cfg = nlp.config["components"]["ner"]["model"]["tok2vec"]
+    assert tok2vec_cfg["@architectures"] == "spacy-unmasked.Tok2VecTransformer.v1"
+    assert tok2vec_cfg["transformer"]["unmask"] == "0011"
+    nlp.remove_pipe("transformer")
+    assert predictions(nlp)[0] == expected  # ner runs on its own copy of the transformer
+    nlp.to_disk(tmp_path / "standalone")
+    assert predictions(spacy.load(tmp_path / "standalone"))[0] == expected
+
+    other = spacy.blank("en")
+    other.add_pipe("sentencizer")
+    other.add_pipe("ner", source=spacy.load(tmp_path / "standalone"))
+    assert predictions(other)[0] == expected
+    other.to_disk(tmp_path / "other")
+    assert predictions(spacy.load(tmp_path / "other"))[0] == expected
+
+
+def test_loaded_pipeline_states_what_it_is_in_meta_and_log(tiny_llama_dir, tmp_path, caplog):
+    nlp = make_nlp(tiny_llama_dir, lora=lora(r=4), unmask="01", components=("ner",))
+    train(nlp, steps=1)
+    meta = nlp.meta["unmasked"]
+    assert meta["base"] == {"name": str(tiny_llama_dir), "revision": None}
+    assert (meta["unmask"], meta["layers"], meta["num_layers"]) == ("01", [2, 3], 4)
+    assert meta["lora"]["r"] == 4 and meta["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert meta["quantization"] is None and meta["training"] == "lora"
+    nlp.to_disk(tmp_path / "p")
+    with caplog.at_level("INFO", logger="spacy_unmasked"):
+        reloaded = spacy.load(tmp_path / "p")
+    assert reloaded.meta["unmasked"] == meta
+    lines = [r.getMessage() for r in caplog.records if r.name == "spacy_unmasked"]
+    assert len(lines) == 1 and "bidirectional layers 2-3 (unmask '01')" in lines[0], lines
+    assert "LoRA r=4" in lines[0] and str(tiny_llama_dir) in lines[0]
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(tiny_llama_dir, monkeypatch):
+    from spacy_unmasked import loading
+
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
+    nlp.initialize()
+    assert nlp.meta["unmasked"]["torch_dtype"] == str(resolved_auto_dtype()).removeprefix("torch.")
+    monkeypatch.setattr(loading, "native_bfloat16", lambda device: False)
+    nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
+    nlp.initialize()
+    assert nlp.meta["unmasked"]["torch_dtype"] == "float32"
+    monkeypatch.setattr(loading, "native_bfloat16", lambda device: True)
+    full = make_nlp(tiny_llama_dir, components=())  # a fully trained base stays float32
+    full.initialize()
+    assert full.meta["unmasked"]["torch_dtype"] == "float32"
+    lora_nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
+    lora_nlp.initialize()
+    assert lora_nlp.meta["unmasked"]["torch_dtype"] == "bfloat16"

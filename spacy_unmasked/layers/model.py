@@ -2,10 +2,12 @@
 packed as spacy-transformers' ``FullTransformerBatch`` for its listeners."""
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from spacy.tokens import Doc
 from spacy_transformers.data_classes import FullTransformerBatch
+from spacy_transformers.layers._util import replace_listener
 from thinc.api import Model
 from thinc.types import ArgsKwargs
 from transformers.utils import ModelOutput
@@ -14,37 +16,87 @@ from ..pieces import encode_spans
 from ..settings import TransformerSettings
 from .shim import UnmaskedShim
 
-
-def UnmaskedTransformerModel(
-    settings: TransformerSettings,
-    get_spans: Callable,
-    *,
-    mixed_precision: bool = False,
-    grad_scaler_config: dict | None = None,
-) -> Model[list[Doc], FullTransformerBatch]:
-    """Build the model; the decoder itself loads on ``initialize`` or from disk."""
-    shim = UnmaskedShim(settings, mixed_precision=mixed_precision, grad_scaler_config=grad_scaler_config)
-    return Model(
-        "unmasked-transformer",
-        forward,
-        init=init,
-        shims=[shim],
-        dims={"nO": None},
-        attrs={"get_spans": get_spans},
-    )
+TOK2VEC_ARCHITECTURE = "spacy-unmasked.Tok2VecTransformer.v1"
 
 
-def init(model: Model, X: list[Doc] | None = None, Y=None) -> None:
+class UnmaskedTransformerModel(Model):
+    """A thinc ``Model[List[Doc], FullTransformerBatch]`` around a Hugging Face
+    decoder with unmasked layers. Like spacy-transformers' ``TransformerModel``
+    it exposes ``.transformer`` and ``.tokenizer`` and supports
+    ``nlp.replace_listeners``. The decoder loads on ``initialize`` or from disk."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        settings: TransformerSettings,
+        get_spans: Callable,
+        *,
+        mixed_precision: bool = False,
+        grad_scaler_config: dict | None = None,
+    ):
+        shim = UnmaskedShim(settings, mixed_precision=mixed_precision, grad_scaler_config=grad_scaler_config)
+        super().__init__(
+            "unmasked-transformer",
+            forward,
+            init=init,
+            shims=[shim],
+            dims={"nO": None},
+            attrs={
+                "get_spans": get_spans,
+                "replace_listener": replace_listener,
+                "replace_listener_cfg": replace_listener_cfg,
+            },
+        )
+
+    @property
+    def shim(self) -> UnmaskedShim:
+        """The PyTorch shim that owns the decoder."""
+        return self.shims[0]
+
+    @property
+    def transformer(self) -> torch.nn.Module | None:
+        """The Hugging Face decoder (peft-wrapped with LoRA); None before initialization."""
+        return self.shim.model
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer; None before initialization."""
+        return self.shim.tokenizer
+
+    @property
+    def settings(self) -> TransformerSettings:
+        """The typed settings this model was built with."""
+        return self.shim.settings
+
+    def _copy(self, seen=None):
+        copied = super()._copy(seen)
+        copied.__class__ = UnmaskedTransformerModel
+        return copied
+
+
+def replace_listener_cfg(tok2vec_model_cfg: dict[str, Any], listener_model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config that takes a listener's place after ``nlp.replace_listeners``:
+    the transformer's own block wrapped with the listener's pooling."""
+    if "TransformerListener" not in listener_model_cfg.get("@architectures", ""):
+        return dict(tok2vec_model_cfg)
+    result = {"@architectures": TOK2VEC_ARCHITECTURE, "transformer": dict(tok2vec_model_cfg)}
+    for key in ("pooling", "grad_factor"):
+        if key in listener_model_cfg:
+            result[key] = listener_model_cfg[key]
+    return result
+
+
+def init(model: UnmaskedTransformerModel, X: list[Doc] | None = None, Y=None) -> None:
     """Load the pretrained decoder (unless already loaded) and set ``nO``."""
-    shim: UnmaskedShim = model.shims[0]
-    if not shim.is_loaded:
-        shim.load_pretrained()
-    model.set_dim("nO", shim.hidden_size)
+    if not model.shim.is_loaded:
+        model.shim.load_pretrained()
+    model.set_dim("nO", model.shim.hidden_size)
 
 
-def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransformerBatch, Callable]:
+def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) -> tuple[FullTransformerBatch, Callable]:
     """Encode docs, run the decoder, return float32 hidden states per span."""
-    shim: UnmaskedShim = model.shims[0]
+    shim = model.shim
     if not shim.is_loaded:
         raise ValueError(
             "The unmasked transformer has no model loaded yet: call nlp.initialize() before using a new "
@@ -65,7 +117,7 @@ def forward(model: Model, docs: list[Doc], is_train: bool) -> tuple[FullTransfor
             "use_cache": False,
         },
     )
-    trains = is_train and shim.has_trainable_weights
+    trains = is_train and shim.trains
     if trains:
         output, backprop_shim = shim.begin_update(inputs)
     else:

@@ -1,0 +1,339 @@
+"""The saved form of an unmasked transformer, and the identity of its base.
+
+A transformer folder holds ``unmasked.json`` (format version, settings, base
+identity, file sizes and checksums), ``tokenizer/``, and the trained weights:
+``adapter.safetensors`` (LoRA) or ``weights/`` (a Hugging Face folder of
+safetensors shards, for full fine-tuning or an embedded base). Writes are
+atomic: the files go to a hidden sibling folder that replaces the target only
+once complete. Two entry points: :func:`write_transformer` and
+:func:`read_transformer`.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .about import __version__
+from .errors import BaseModelMismatchError, PipelineFormatError
+from .families import find_decoder
+from .settings import Training, TransformerSettings
+
+FORMAT_VERSION = 2
+MANIFEST = "unmasked.json"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_FILE = "adapter.safetensors"
+WEIGHTS_DIR = "weights"
+_CHECKSUM_LIMIT = 64 * 2**20
+_POINT_AT_BASE = (
+    "Point the pipeline at the base it was trained on with spacy.load(path, config="
+    "{'components': {'transformer': {'model': {'name': ...}}}})."
+)
+
+
+@dataclass(frozen=True)
+class SavedTransformer:
+    """What :func:`read_transformer` found in a transformer folder."""
+
+    settings: TransformerSettings
+    base: dict[str, Any]
+    tokenizer_dir: Path
+    adapter: dict[str, torch.Tensor] | None
+    weights_dir: Path | None
+
+    @property
+    def embedded_base(self) -> bool:
+        """Whether the base weights are stored in the folder (and not only named)."""
+        return self.weights_dir is not None and self.settings.training != Training.FULL
+
+
+# Writing ------------------------------------------------------------------
+
+
+def write_transformer(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    tokenizer,
+    settings: TransformerSettings,
+    base: dict[str, Any],
+    embed_base: bool = False,
+) -> None:
+    """Save a transformer to the folder ``path`` atomically (see module docs)."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.saving-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _write_files(staging, model=model, tokenizer=tokenizer, settings=settings, base=base, embed_base=embed_base)
+        _replace_dir(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_files(path: Path, *, model, tokenizer, settings: TransformerSettings, base: dict, embed_base: bool) -> None:
+    tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+    if settings.training == Training.LORA:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / ADAPTER_FILE))
+    if settings.training == Training.FULL or embed_base:
+        _save_base_weights(model, path / WEIGHTS_DIR)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "spacy_unmasked": __version__,
+        "settings": settings.to_dict(),
+        "base": base,
+        "files": _file_digests(path),
+    }
+    _write_manifest(path, manifest)
+
+
+def _save_base_weights(model: torch.nn.Module, path: Path) -> None:
+    """Save the base decoder (without LoRA layers) as safetensors shards."""
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        raise ValueError(
+            "A quantized base cannot be stored with the pipeline: load it unquantized "
+            "(quantization = null) to embed it, or keep it referenced by name."
+        )
+    if hasattr(model, "get_base_model"):
+        base = model.get_base_model()
+        state = {
+            name.replace(".base_layer.", "."): tensor
+            for name, tensor in base.state_dict().items()
+            if "lora_" not in name
+        }
+        base.save_pretrained(str(path), state_dict=state, safe_serialization=True, max_shard_size="2GB")
+    else:
+        model.save_pretrained(str(path), safe_serialization=True, max_shard_size="2GB")
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf8")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``, replacing what is there."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_digests(path: Path) -> dict[str, dict[str, Any]]:
+    """Size of every file under ``path``, plus a SHA-256 of those under 64 MB."""
+    digests = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        entry: dict[str, Any] = {"size": file.stat().st_size}
+        if entry["size"] < _CHECKSUM_LIMIT:
+            entry["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+        digests[str(file.relative_to(path))] = entry
+    return digests
+
+
+# Reading ------------------------------------------------------------------
+
+
+def read_transformer(path: Path) -> SavedTransformer:
+    """Read and check a folder written by :func:`write_transformer`: manifest,
+    file sizes and checksums, settings and the LoRA adapter. Base weights are
+    not loaded here."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _check_files(path, manifest.get("files", {}))
+    settings = TransformerSettings.from_dict(manifest["settings"])
+    adapter = _read_adapter(path / ADAPTER_FILE) if settings.training == Training.LORA else None
+    if manifest.get("format", 1) == 1:  # format 1 flagged an embedded base separately
+        stored = manifest.get("weights") == "full" or manifest.get("embedded_base", False)
+    else:
+        stored = (path / WEIGHTS_DIR).is_dir()
+    return SavedTransformer(
+        settings=settings,
+        base=manifest["base"],
+        tokenizer_dir=path / TOKENIZER_DIR,
+        adapter=adapter,
+        weights_dir=path / WEIGHTS_DIR if stored else None,
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise PipelineFormatError(
+            f"{manifest_path} is missing: this folder was not saved by spacy-unmasked or the save "
+            "was interrupted. Save the pipeline again with nlp.to_disk()."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf8"))
+    except json.JSONDecodeError as error:
+        raise PipelineFormatError(f"{manifest_path} is corrupted ({error}): save the pipeline again.") from error
+    if manifest.get("format", 0) > FORMAT_VERSION:
+        raise PipelineFormatError(
+            f"This pipeline was saved by spacy-unmasked {manifest.get('spacy_unmasked')} in format "
+            f"{manifest['format']}, newer than this version ({__version__}) reads: "
+            "pip install -U spacy-unmasked."
+        )
+    return manifest
+
+
+def _check_files(path: Path, expected: dict[str, dict[str, Any]]) -> None:
+    """Raise if a file listed in the manifest is missing, truncated or changed."""
+    for name, entry in expected.items():
+        file = path / name
+        if name == ADAPTER_FILE and not file.exists():
+            continue  # reported by _read_adapter with its own message
+        problem = None
+        if not file.is_file():
+            problem = "is missing"
+        elif file.stat().st_size != entry["size"]:
+            problem = f"has {file.stat().st_size} bytes instead of {entry['size']}"
+        elif "sha256" in entry and hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+            problem = "has changed (checksum)"
+        if problem:
+            raise PipelineFormatError(
+                f"The saved transformer in {path} is incomplete or changed: {name} {problem}. "
+                "Save or copy the pipeline again."
+            )
+
+
+def _read_adapter(adapter_path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not adapter_path.exists():
+        raise PipelineFormatError(f"The LoRA adapter {adapter_path} is missing: save the pipeline again.")
+    try:
+        return load_file(str(adapter_path))
+    except (SafetensorError, OSError) as error:
+        raise PipelineFormatError(
+            f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again."
+        ) from error
+
+
+def check_saved_settings(saved: TransformerSettings, current: TransformerSettings, num_layers: int) -> None:
+    """Refuse a config whose settings would give the saved weights another meaning."""
+    from .spec import resolve_spec
+
+    comparisons = {
+        "unmask": (resolve_spec(saved.unmask, num_layers), resolve_spec(current.unmask, num_layers)),
+        "lora": (saved.lora and saved.lora.shape, current.lora and current.lora.shape),
+    }
+    for key in ("training", "add_bos", "num_layers"):
+        comparisons[key] = (getattr(saved, key), getattr(current, key))
+    for key, (was, now) in comparisons.items():
+        if was != now:
+            raise PipelineFormatError(
+                f"The saved transformer was trained with {key} = {_shown(getattr(saved, key))} but the config now "
+                f"says {_shown(getattr(current, key))}: restore the saved value in the config (or train a new pipeline)."
+            )
+
+
+def _shown(value) -> str:
+    return repr(value.value) if isinstance(value, Training) else repr(value)
+
+
+# Base identity ------------------------------------------------------------
+
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "quantization_config",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "use_cache",
+    "architectures",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "_commit_hash",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+}
+
+
+def config_digest(config) -> str:
+    """SHA-256 of a config's architecture settings (names, paths and runtime flags left out)."""
+    architecture = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def base_identity(settings: TransformerSettings, model: torch.nn.Module) -> dict[str, Any]:
+    """Identity of a base model: name, revision, an architecture hash and a
+    probe of its weights, checked again when a pipeline loads."""
+    return {
+        "name": settings.name,
+        "revision": settings.revision,
+        "model_type": model.config.model_type,
+        "num_hidden_layers": model.config.num_hidden_layers,
+        "config_sha256": config_digest(model.config),
+        "embedding_probe": weight_probe(model),
+    }
+
+
+def weight_probe(model: torch.nn.Module) -> list[float]:
+    """A cheap weight identity: input-embedding values at spread-out rows plus
+    the last block's and the final norm weights (never quantized; fine-tunes
+    change them)."""
+    weight = model.get_input_embeddings().weight
+    rows = torch.linspace(0, weight.shape[0] - 1, 8).long().to(weight.device)
+    values = [weight[rows, :8].flatten()]
+    decoder = find_decoder(model)
+    last = decoder.layers[-1]
+    norms = [getattr(last, n, None) for n in ("input_layernorm", "post_attention_layernorm")]
+    norms.append(getattr(decoder, "norm", None))
+    for norm in norms:
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            values.append(norm.weight[:32])
+    return torch.cat([v.detach().float().cpu().flatten() for v in values]).tolist()
+
+
+def check_architecture(saved: dict[str, Any], name: str, config) -> None:
+    """Raise before loading weights if the base's architecture differs from the saved one."""
+    if saved["config_sha256"] != config_digest(config):
+        raise BaseModelMismatchError(
+            f"Base model {name!r} ({config.model_type}, {config.num_hidden_layers} layers) has a "
+            f"different architecture from the one this pipeline was trained on, {saved['name']!r} "
+            f"({saved['model_type']}, {saved['num_hidden_layers']} layers). {_POINT_AT_BASE}"
+        )
+
+
+def check_weights(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise :class:`BaseModelMismatchError` if the base's weight probe differs from the saved one.
+
+    The same base may load in another dtype (bfloat16 rounds to 0.4%), hence
+    the tolerance of 1%."""
+    probe_saved = torch.tensor(saved["embedding_probe"])
+    probe_now = torch.tensor(current["embedding_probe"])
+    if probe_saved.shape != probe_now.shape or not torch.allclose(probe_saved, probe_now, rtol=1e-2, atol=1e-6):
+        raise BaseModelMismatchError(
+            f"Base model {current['name']!r} has the same architecture as {saved['name']!r} but "
+            f"different weights, so the saved adapter would give wrong results. {_POINT_AT_BASE}"
+        )
+
+
+def check_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise if saved LoRA weights do not fit the model's adapters."""
+    from peft import get_peft_model_state_dict
+
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise BaseModelMismatchError(
+            f"The LoRA adapter {source} does not fit this model (missing {len(missing)}, unexpected "
+            f"{len(unexpected)}, wrong shape {len(wrong_shape)} tensors, e.g. "
+            f"{(missing + unexpected + wrong_shape)[:2]}): load it with the base model and LoRA settings "
+            "it was trained with."
+        )
