@@ -14,9 +14,9 @@ from .pipelines import TRAIN
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus")
+def make_corpus(path: Path) -> Path:
+    """TRAIN (twice) as a .spacy file with entities and spans; returns its path."""
+    path.mkdir(parents=True, exist_ok=True)
     nlp = spacy.blank("en")
     db = DocBin()
     for text, ents in TRAIN * 2:
@@ -27,6 +27,11 @@ def corpus(tmp_path_factory):
         db.add(doc)
     db.to_disk(path / "train.spacy")
     return path / "train.spacy"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def overrides(corpus, base, config="ner.cfg"):

@@ -1,0 +1,175 @@
+"""QLoRA on CPU: 4-bit NF4 (double quantization) and 8-bit bases, trained with
+LoRA through spaCy, saved adapter-only and reloaded with identical predictions;
+unmasking semantics hold on quantized models."""
+
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+import torch
+import transformers
+
+from spacy_unmasked import unmask
+
+from .pipelines import examples, lora, make_nlp, train
+
+pytest.importorskip("bitsandbytes")
+
+FAMILIES = ("llama", "mistral", "qwen2")
+NF4 = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 4, "quant_type": "nf4", "double_quant": True}
+INT8 = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 8}
+TEXTS = ["Jane Smith visited Berlin.", "Apple Inc. hired Barack Obama in Paris last May.", "Hi"]
+
+
+def outputs(nlp, texts=TEXTS):
+    docs = list(nlp.pipe(texts))
+    ents = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in docs]
+    scores = [d.spans["sc"].attrs["scores"] for d in docs]
+    feats = [d._.trf_data.model_output.last_hidden_state for d in docs]
+    return ents, scores, feats
+
+
+def quantized_layers(model):
+    return {type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__ and "bnb" in type(m).__module__}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("quantization", [NF4, INT8], ids=["nf4", "int8"])
+def test_qlora_trains_ner_and_spancat_saves_adapter_only_and_reloads(family, quantization, tiny_dirs, tmp_path):
+    base = tiny_dirs(family)
+    nlp = make_nlp(base, lora=lora(r=8), quantization=quantization, components=("ner", "spancat"))
+    optimizer = nlp.initialize(lambda: examples(nlp))
+    transformer = nlp.get_pipe("transformer").model.transformer
+    expected_layer = "Linear4bit" if quantization["bits"] == 4 else "Linear8bitLt"
+    assert expected_layer in quantized_layers(transformer)
+    before = {k: v.detach().clone() for k, v in transformer.named_parameters()}
+    history = train(nlp, steps=12, optimizer=optimizer)
+    assert history[-1]["ner"] < 0.8 * history[0]["ner"]
+    assert history[-1]["spancat"] < 0.8 * history[0]["spancat"]
+    for name, value in transformer.named_parameters():
+        is_adapter = "lora_A" in name or "lora_B" in name
+        assert (not torch.equal(before[name], value.detach())) == is_adapter, name
+        if is_adapter:
+            assert value.dtype == torch.float32
+    meta = nlp.meta["unmasked"]
+    assert meta["quantization"]["bits"] == quantization["bits"]
+
+    nlp.to_disk(tmp_path / "p")
+    model_dir = tmp_path / "p" / "transformer" / "model"
+    assert not (model_dir / "weights").exists()
+    saved_bytes = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    base_bytes = (base / "model.safetensors").stat().st_size
+    assert saved_bytes < base_bytes / 2, (saved_bytes, base_bytes)
+    reloaded = spacy.load(tmp_path / "p")
+    assert expected_layer in quantized_layers(reloaded.get_pipe("transformer").model.transformer)
+    ents_a, scores_a, feats_a = outputs(nlp)
+    ents_b, scores_b, feats_b = outputs(reloaded)
+    assert ents_a == ents_b
+    for a, b in zip(scores_a + feats_a, scores_b + feats_b, strict=True):
+        numpy.testing.assert_array_equal(a, b)  # same quantized weights, same adapter: bit for bit
+
+
+def load_quantized(base, bits, attn="sdpa"):
+    if bits == 4:
+        config = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    else:
+        config = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    model = transformers.AutoModel.from_pretrained(
+        base, quantization_config=config, device_map={"": "cpu"}, attn_implementation=attn, torch_dtype=torch.bfloat16
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unmasking_semantics_hold_on_quantized_models(family, bits, tiny_dirs):
+    """Padding invariance and "none" == stock on a quantized base. Tolerance: the
+    padded batch and the single sequence run the same bf16 kernels on
+    differently shaped inputs, so rows may differ by bf16 rounding (2^-8
+    relative, a few units of the last place after 4 layers): atol 0.05 on
+    activations of size ~1, where unmasking changes them by ~0.5."""
+    model = load_quantized(tiny_dirs(family), bits)
+    ids = torch.tensor([[1, 50, 51, 52, 53, 54, 55, 2], [1, 60, 61, 62, 0, 0, 0, 0]])
+    mask = (torch.arange(8)[None, :] < torch.tensor([[8], [4]])).long()
+    with torch.no_grad():
+        stock = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        handle = unmask(model, "none")
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state.float(), stock)
+        handle.remove()
+        handle = unmask(model, "all")
+        both_ways = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        alone = model(input_ids=ids[1:, :4]).last_hidden_state.float()
+        handle.remove()
+    torch.testing.assert_close(both_ways[1, :4], alone[0], atol=5e-2, rtol=0)
+    # unmasking does change the first position (it now sees the right context)
+    assert (both_ways[0, 0] - stock[0, 0]).abs().max() > 0.1
+
+
+def test_paper_config_runs_end_to_end_with_spacy_train(tiny_dirs, tmp_path):
+    """configs/paper_ner.cfg as shipped (NF4, double quant, LoRA r=64 alpha 16
+    dropout 0.1 on q/v, lr 2e-4, batch 16) trains on CPU, then loads and predicts."""
+    from .test_configs import CONFIGS, make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus")
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "spacy", "train", str(CONFIGS / "paper_ner.cfg"), "--output", str(tmp_path / "out"),
+            f"--paths.train={corpus}", f"--paths.dev={corpus}", f"--paths.base_model={tiny_dirs('mistral')}",
+            "--training.max_steps=4", "--training.eval_frequency=2", "--training.max_epochs=0",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    meta = nlp.meta["unmasked"]
+    assert meta["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+    assert meta["lora"] == {"r": 64, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    assert "Linear4bit" in quantized_layers(nlp.get_pipe("transformer").model.transformer)
+    assert nlp("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state.shape[-1] == 64
+
+
+@pytest.mark.slow
+def test_qlora_package_loads_by_name(tiny_dirs, tmp_path):
+    """An installable package built from a QLoRA pipeline holds the adapter only
+    and loads by name in a fresh interpreter, quantized, with the same entities."""
+    base = tiny_dirs("llama")
+    nlp = make_nlp(base, lora=lora(r=8), quantization=NF4, components=("ner",))
+    train(nlp, steps=15)
+    nlp.meta["name"] = "qlora_tiny"
+    nlp.to_disk(tmp_path / "p")
+    expected = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in nlp.pipe(TEXTS)]
+    (tmp_path / "pkg").mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "spacy", "package", str(tmp_path / "p"), str(tmp_path / "pkg"), "--build", "wheel",
+         "--force"],
+        check=True, capture_output=True,
+    )
+    wheel = next((tmp_path / "pkg").rglob("*.whl"))
+    assert wheel.stat().st_size < (base / "model.safetensors").stat().st_size
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
+         str(tmp_path / "site"), str(wheel)],
+        check=True,
+    )
+    code = (
+        "import json, spacy; nlp = spacy.load('en_qlora_tiny'); "
+        "layers = {type(m).__name__ for m in nlp.get_pipe('transformer').model.transformer.modules()}; "
+        f"print(json.dumps({{'4bit': 'Linear4bit' in layers, 'ents': [[[e.start_char, e.end_char, e.label_] "
+        f"for e in d.ents] for d in nlp.pipe({TEXTS!r})]}}))"
+    )
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["4bit"]
+    assert out["ents"] == [[list(e) for e in doc] for doc in expected]
