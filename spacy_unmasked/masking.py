@@ -1,20 +1,25 @@
 """Per-layer removal of the causal mask in a Hugging Face decoder.
 
-The decoder builds one causal mask per forward pass and hands it, by keyword,
-to every layer's attention module. For each unmasked layer a forward pre-hook
-swaps that mask for a padding-only mask in the same format (additive float for
-eager, boolean for sdpa, untouched 2-D padding mask for flash-attention 2) and
-``is_causal`` is switched off. No forward code is copied, so the mechanism
-follows the model through peft wrapping and gradient checkpointing.
+The decoder builds its causal mask (one, or one per layer type) in every forward
+pass and hands it, by keyword, to each block's attention module. For each
+unmasked layer a forward pre-hook replaces that mask by its bidirectional
+counterpart in the same format (additive float for eager, boolean or float for
+sdpa, the untouched 2-D padding mask for flash-attention 2) and ``is_causal`` is
+switched off. The counterpart is the mask mirrored across its diagonal: padding
+keys stay hidden and a sliding window becomes the same window on both sides,
+whatever layout (global window, hybrid sliding/full layers) the model uses.
+No forward code is copied, so the mechanism follows the model through peft
+wrapping and gradient checkpointing.
 """
 
 import torch
 from torch import nn
 
-from .families import find_decoder, sliding_window
+from .families import HANDLE_ATTR, check_backend, decoder_attentions, find_decoder
 from .spec import UnmaskSpec, resolve_spec
 
-_HANDLE_ATTR = "_spacy_unmasked_handle"
+_HANDLE_ATTR = HANDLE_ATTR
+_CACHE_SIZE = 8
 
 
 class UnmaskHandle:
@@ -25,43 +30,44 @@ class UnmaskHandle:
         self._decoder = decoder
         self._hooks = []
         self._was_causal: dict[int, bool] = {}
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._flash = check_backend(decoder.config).startswith("flash")
 
     def _install(self) -> None:
+        attentions = decoder_attentions(self._decoder)
         for index in self.layers:
-            attention = self._decoder.layers[index].self_attn
+            attention = attentions[index]
             self._was_causal[index] = attention.is_causal
             attention.is_causal = False
-            window = sliding_window(attention)
-            self._hooks.append(attention.register_forward_pre_hook(self._make_hook(window), with_kwargs=True))
+            self._hooks.append(attention.register_forward_pre_hook(self._swap_mask, with_kwargs=True))
         setattr(self._decoder, _HANDLE_ATTR, self)
 
-    def _make_hook(self, window: int | None):
-        def swap_mask(module, args, kwargs):
-            kwargs["attention_mask"] = self._padding_only(kwargs.get("attention_mask"), window)
-            return args, kwargs
+    def _swap_mask(self, module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        kwargs["attention_mask"] = self._bidirectional(kwargs.get("attention_mask"), hidden)
+        return args, kwargs
 
-        return swap_mask
-
-    def _padding_only(self, mask: torch.Tensor | None, window: int | None) -> torch.Tensor | None:
-        """Turn the decoder's mask into a mask that hides padding keys only."""
-        if mask is None or mask.dim() == 2:  # no padding, or flash-attention's 2-D mask
+    def _bidirectional(self, mask: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor | None:
+        """The bidirectional counterpart of the decoder's mask (cached per mask object)."""
+        if mask is not None and mask.dim() != 4:  # flash-attention's 2-D padding mask
             return mask
-        key = (id(mask), window)
+        if mask is None:
+            # No padding: the attention may run without a mask, but some attention classes then
+            # fall back to causal whatever is_causal says. Give them an explicit all-visible mask.
+            if self._flash or not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+                return None
+            key = ("none", hidden.shape[0], hidden.shape[1], hidden.dtype, hidden.device)
+        else:
+            key = ("mask", id(mask))
         cached = self._cache.get(key)
         if cached is not None and cached[0] is mask:
             return cached[1]
-        # A key that no query may attend to is padding: reducing over the query axis
-        # recovers the padding row from any causal or sliding-window mask.
-        if mask.dtype == torch.bool:
-            keys = mask.any(dim=-2, keepdim=True)
-            result: torch.Tensor | None = None if bool(keys.all()) else keys
+        if mask is None:
+            batch, length = hidden.shape[:2]
+            result = torch.zeros(batch, 1, length, length, dtype=hidden.dtype, device=hidden.device)
         else:
-            result = mask.amax(dim=-2, keepdim=True)
-        length = mask.shape[-1]
-        if window is not None and length > window:
-            result = _symmetric_window(result, mask, window)
-        if len(self._cache) >= 4:
+            result = bidirectional_mask(mask)
+        if len(self._cache) >= _CACHE_SIZE:
             self._cache.clear()
         self._cache[key] = (mask, result)
         return result
@@ -70,8 +76,9 @@ class UnmaskHandle:
         """Restore causal attention in every unmasked layer."""
         for hook in self._hooks:
             hook.remove()
+        attentions = decoder_attentions(self._decoder)
         for index, was_causal in self._was_causal.items():
-            self._decoder.layers[index].self_attn.is_causal = was_causal
+            attentions[index].is_causal = was_causal
         self._hooks, self._was_causal, self._cache = [], {}, {}
         if getattr(self._decoder, _HANDLE_ATTR, None) is self:
             delattr(self._decoder, _HANDLE_ATTR)
@@ -80,21 +87,36 @@ class UnmaskHandle:
         return f"UnmaskHandle(layers={list(self.layers)})"
 
 
-def _symmetric_window(keys: torch.Tensor | None, mask: torch.Tensor, window: int) -> torch.Tensor:
-    """Restrict a padding mask to keys within ``window`` positions either side.
+def bidirectional_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Mirror a 4-D causal mask ``[batch, heads, query, key]`` across its diagonal.
 
-    A padding query far from every real key would be left with no key at all,
-    which older torch versions turn into NaN; such rows may attend everywhere
-    (their outputs are padding and never used)."""
-    length = mask.shape[-1]
-    positions = torch.arange(length, device=mask.device)
-    band = (positions[:, None] - positions[None, :]).abs() < window
+    A key ``j`` after query ``i`` becomes visible exactly when ``i`` is visible to
+    query ``j`` and ``j`` is not padding, so a causal mask turns into a padding-only
+    mask and a causal sliding window into the same window on both sides. Padding
+    queries see every real key (their outputs are never used; no row stays empty).
+    Masks whose query and key lengths differ (a KV cache) keep only the padding rule.
+    """
     if mask.dtype == torch.bool:
-        allowed = band if keys is None else keys & band
-        return allowed | ~allowed.any(dim=-1, keepdim=True)
-    blocked = torch.finfo(mask.dtype).min
-    result = keys + torch.zeros_like(band, dtype=mask.dtype).masked_fill(~band, blocked)
-    return result.masked_fill((result <= blocked).all(dim=-1, keepdim=True), 0.0)
+        visible = mask
+    else:
+        visible = mask > torch.finfo(mask.dtype).min / 2
+    queries, length = visible.shape[-2:]
+    if queries != length:
+        keys = visible.any(dim=-2, keepdim=True)
+        allowed = keys.expand_as(visible)
+    else:
+        later = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+        # rows that see a later key were not built causally (e.g. fully hidden rows that sdpa
+        # unhides); the other rows tell which keys are real
+        causal_rows = ~(visible & later).any(dim=-1, keepdim=True)
+        keys = (visible & causal_rows).any(dim=-2, keepdim=True)
+        allowed = torch.where(later, visible.transpose(-1, -2) & keys, visible)
+        padding_query = ~keys.transpose(-1, -2)
+        allowed = torch.where(padding_query, keys, allowed)
+    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # a fully padded row attends anywhere, never NaN
+    if mask.dtype == torch.bool:
+        return allowed
+    return torch.zeros_like(mask).masked_fill(~allowed, torch.finfo(mask.dtype).min)
 
 
 def resolve_layers(model: nn.Module | int, spec: UnmaskSpec) -> list[int]:

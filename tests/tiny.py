@@ -2,7 +2,6 @@
 
 import transformers
 
-FAMILIES = ("llama", "mistral", "mistral-sliding", "qwen2", "qwen3", "gemma2", "phi3")
 BACKENDS = ("eager", "sdpa")
 
 _COMMON = dict(
@@ -17,31 +16,87 @@ _COMMON = dict(
     bos_token_id=1,
     eos_token_id=2,
 )
+_MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+WINDOW = 4  # sliding window of the windowed families: shorter than the test sequences
+
+# family -> (model type, settings on top of _COMMON). Each model type is one of
+# spacy_unmasked.families.SUPPORTED_FAMILIES; variants add a window layout.
+FAMILY_SETTINGS: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {"sliding_window": None}),
+    "mistral-sliding": ("mistral", {"sliding_window": WINDOW}),
+    "mixtral": ("mixtral", {**_MOE, "sliding_window": WINDOW}),
+    "qwen2": ("qwen2", {}),
+    "qwen2-hybrid": ("qwen2", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 2}),
+    "qwen2_moe": (
+        "qwen2_moe",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64},
+    ),
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "qwen3_moe": ("qwen3_moe", {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+    "gemma": ("gemma", {"head_dim": 16}),
+    "gemma2": ("gemma2", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": WINDOW}),
+    "gemma3_text": (
+        "gemma3_text",
+        {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": WINDOW, "sliding_window_pattern": 2},
+    ),
+    "phi": ("phi", {"num_key_value_heads": 4}),
+    "phi3": ("phi3", {"num_key_value_heads": 4}),
+    "phimoe": ("phimoe", _MOE),
+    "olmo": ("olmo", {}),
+    "olmo2": ("olmo2", {}),
+    "olmoe": ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "granite": ("granite", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25}),
+    "granitemoe": ("granitemoe", _MOE),
+    "granitemoeshared": ("granitemoeshared", {**_MOE, "shared_intermediate_size": 64}),
+    "cohere": ("cohere", {}),
+    "cohere2": ("cohere2", {"sliding_window": WINDOW}),
+    "starcoder2": ("starcoder2", {"sliding_window": WINDOW}),
+    "stablelm": ("stablelm", {}),
+    "glm": ("glm", {"head_dim": 16}),
+    "glm4": ("glm4", {"head_dim": 16}),
+    "helium": ("helium", {"head_dim": 16}),
+    "smollm3": ("smollm3", {}),
+    "arcee": ("arcee", {}),
+    "bitnet": ("bitnet", {}),
+    "deepseek_v3": (
+        "deepseek_v3",
+        {
+            "num_key_value_heads": 4,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "moe_intermediate_size": 32,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 32,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 16,
+        },
+    ),
+    "nemotron": ("nemotron", {}),
+    "persimmon": ("persimmon", {}),
+    "gpt_neox": ("gpt_neox", {}),
+}
+# the families of the fast masking tests (tests/test_masking.py); tests/test_families.py runs all
+FAMILIES = ("llama", "mistral", "mistral-sliding", "qwen2", "qwen3", "gemma2", "phi3")
+ALL_FAMILIES = tuple(FAMILY_SETTINGS)
+
+
+def model_type(family: str) -> str:
+    """The transformers model type of a test family."""
+    return FAMILY_SETTINGS[family][0]
 
 
 def tiny_config(family: str, attn_implementation: str = "eager", **overrides):
-    """A small random config of ``family`` (``mistral-sliding`` has a 4-token window)."""
-    settings = dict(_COMMON)
-    if family == "llama":
-        config_cls = transformers.LlamaConfig
-    elif family.startswith("mistral"):
-        config_cls = transformers.MistralConfig
-        settings["sliding_window"] = 4 if family == "mistral-sliding" else None
-    elif family == "qwen2":
-        config_cls = transformers.Qwen2Config
-    elif family == "qwen3":
-        config_cls = transformers.Qwen3Config
-        settings["head_dim"] = 16
-    elif family == "gemma2":
-        config_cls = transformers.Gemma2Config
-        settings.update(head_dim=16, query_pre_attn_scalar=16, sliding_window=4)
-    elif family == "phi3":
-        config_cls = transformers.Phi3Config
-        settings["num_key_value_heads"] = 4
-    else:
-        raise ValueError(family)
-    settings.update(overrides)
-    config = config_cls(**settings)
+    """A small random config of ``family`` (see FAMILY_SETTINGS)."""
+    if family not in FAMILY_SETTINGS:
+        raise ValueError(f"unknown test family {family!r}")
+    kind, extra = FAMILY_SETTINGS[family]
+    settings = {**_COMMON, **extra, **overrides}
+    config = transformers.AutoConfig.for_model(kind, **settings)
     config._attn_implementation = attn_implementation
     return config
 
