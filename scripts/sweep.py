@@ -1,12 +1,26 @@
-"""Train and evaluate one pipeline per unmask spec, with the same seed and
-settings, skipping specs that already have metrics (so a sweep resumes)."""
+"""Train and evaluate one pipeline per (unmask spec, seed) with the same settings,
+skipping those that already have metrics (so a sweep resumes): one after the other,
+or as Ray tasks, one per GPU (or CPU slot), on this machine or a Ray cluster.
+
+Layout (scripts/report.py reads it): ``METRICS_DIR/<spec>.seed<k>.json`` is
+scripts/evaluate.py's JSON plus the top-level keys "spec" (str) and "seed" (int),
+added last and atomically: a file with both keys is a finished run.
+``TRAINING_DIR/<spec>.seed<k>`` holds the trained pipelines.
+"""
 
 import itertools
+import json
+import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
+
+SCRIPTS = Path(__file__).resolve().parent
 
 
 def expand_specs(specs: str) -> list[str]:
@@ -21,6 +35,222 @@ def expand_specs(specs: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def parse_seeds(seeds: str | None, seed: int) -> list[int]:
+    """``--seeds 0,1,2`` as a list of ints, or ``[seed]`` when it is not given."""
+    if seeds is None or not seeds.strip():
+        return [seed]
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes comma-separated integers such as 0,1,2, not {seeds!r}") from None
+    return list(dict.fromkeys(values))
+
+
+def run_name(spec: str, seed: int) -> str:
+    """The name of one run: ``<spec>.seed<k>`` (metrics file stem and training folder)."""
+    return f"{spec}.seed{seed}"
+
+
+def is_finished(metrics: Path) -> bool:
+    """Whether a metrics file is a finished run's: whole JSON stamped with "spec" and an int "seed"
+    (evaluate.py's own file, which a killed run may leave, lacks "spec")."""
+    try:
+        content = json.loads(metrics.read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and "spec" in content and isinstance(content.get("seed"), int)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of a sweep shares (absolute paths, so Ray workers anywhere see the same files)."""
+
+    config: str
+    corpus: str
+    training_dir: str
+    metrics_dir: str
+    base_model: str
+    max_steps: int
+    eval_frequency: int
+    num_layers: str
+    gpu_id: int
+    test_split: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished run: where its metrics are, and when and where it ran."""
+
+    spec: str
+    seed: int
+    metrics: str
+    started: float
+    ended: float
+    pid: int
+
+
+def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | None = None) -> Finished:
+    """`spacy train` one (spec, seed), evaluate it on the test split, then stamp the
+    metrics with "spec" and "seed" (written to a temporary file and renamed)."""
+    started = time.time()
+    name = run_name(spec, seed)
+    output = Path(settings.training_dir) / name
+    metrics = Path(settings.metrics_dir) / f"{name}.json"
+    corpus = Path(settings.corpus)
+    train = [
+        sys.executable,
+        "-m",
+        "spacy",
+        "train",
+        settings.config,
+        "--output",
+        str(output),
+        "--gpu-id",
+        str(settings.gpu_id),
+        f"--paths.train={corpus / 'train.spacy'}",
+        f"--paths.dev={corpus / 'dev.spacy'}",
+        f"--paths.base_model={settings.base_model}",
+        f'--components.transformer.model.unmask="{spec}"',
+        f"--components.transformer.model.num_layers={settings.num_layers}",
+        f"--training.max_steps={settings.max_steps}",
+        f"--training.eval_frequency={settings.eval_frequency}",
+        f"--system.seed={seed}",
+    ]
+    evaluate = [
+        sys.executable,
+        str(SCRIPTS / "evaluate.py"),
+        str(output / "model-best"),
+        str(corpus / settings.test_split),
+        str(metrics),
+        "--name",
+        spec,
+    ]
+    if log is None:
+        for command in (train, evaluate):
+            subprocess.run(command, check=True)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w", encoding="utf8") as file:
+            for command in (train, evaluate):
+                result = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT)
+                if result.returncode != 0:
+                    file.flush()
+                    tail = log.read_text(encoding="utf8", errors="replace")[-2000:]
+                    raise RuntimeError(f"{name}: {command[1:4]} failed (exit {result.returncode}); log {log}:\n{tail}")
+    stamp(metrics, spec=spec, seed=seed)
+    return Finished(spec, seed, str(metrics), started, time.time(), os.getpid())
+
+
+def stamp(metrics: Path, *, spec: str, seed: int) -> None:
+    """Add "spec" and "seed" to evaluate.py's JSON, atomically (this marks the run finished)."""
+    content: dict[str, Any] = json.loads(metrics.read_text(encoding="utf8"))
+    content.update(spec=spec, seed=seed)
+    temporary = metrics.with_name(f".{metrics.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(content, indent=2), encoding="utf8")
+    os.replace(temporary, metrics)
+
+
+def run_ray(
+    runs: list[tuple[str, int]],
+    settings: Settings,
+    *,
+    address: str | None,
+    cpus_per_task: float,
+    gpus_per_task: float,
+    num_cpus: int | None,
+) -> list[Finished]:
+    """Run each (spec, seed) as a Ray task with ``cpus_per_task`` CPUs and ``gpus_per_task``
+    GPUs (Ray schedules them: one per GPU with 1); each task's output goes to
+    ``TRAINING_DIR/<spec>.seed<k>.log``. Raises after all tasks end if any failed."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        quiet = {"logging_level": "ERROR", "log_to_driver": False}
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    try:
+        task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(train_and_evaluate)
+        pending = {
+            task.remote(spec, seed, settings, log=Path(settings.training_dir) / f"{run_name(spec, seed)}.log"): (
+                spec,
+                seed,
+            )
+            for spec, seed in runs
+        }
+        done, failed = [], []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            spec, seed = pending.pop(ready[0])
+            try:
+                finished = ray.get(ready[0])
+            except Exception as err:  # report every failure at the end, let the other runs finish
+                failed.append(f"{run_name(spec, seed)}: {getattr(err, 'cause', None) or err}")
+                print(f"{run_name(spec, seed)}: failed", flush=True)
+                continue
+            done.append(finished)
+            print(f"{run_name(spec, seed)}: finished in {finished.ended - finished.started:.0f} s", flush=True)
+    finally:
+        if started:
+            ray.shutdown()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} run(s) failed; rerun to retry them:\n" + "\n".join(failed))
+    return done
+
+
+def sweep(
+    config: Path,
+    corpus: Path,
+    training_dir: Path,
+    metrics_dir: Path,
+    *,
+    specs: str,
+    base_model: str,
+    seeds: list[int],
+    max_steps: int = 600,
+    eval_frequency: int = 100,
+    num_layers: str = "null",
+    gpu_id: int = -1,
+    test_split: str = "test.spacy",
+    use_ray: bool = False,
+    address: str | None = None,
+    cpus_per_task: float = 1.0,
+    gpus_per_task: float = 0.0,
+    num_cpus: int | None = None,
+) -> list[Finished]:
+    """Train and evaluate every (spec, seed) without finished metrics; returns the runs done now."""
+    runs = []
+    for spec in expand_specs(specs):
+        for seed in seeds:
+            if is_finished(metrics_dir / f"{run_name(spec, seed)}.json"):
+                print(f"{run_name(spec, seed)}: metrics exist, skipped")
+            else:
+                runs.append((spec, seed))
+    if not runs:
+        return []
+    model = Path(base_model)
+    settings = Settings(
+        config=str(config.resolve()),
+        corpus=str(corpus.resolve()),
+        training_dir=str(training_dir.resolve()),
+        metrics_dir=str(metrics_dir.resolve()),
+        base_model=str(model.resolve()) if model.exists() else base_model,
+        max_steps=max_steps,
+        eval_frequency=eval_frequency,
+        num_layers=num_layers,
+        gpu_id=(0 if gpus_per_task > 0 else -1) if use_ray else gpu_id,
+        test_split=test_split,
+    )
+    if use_ray:
+        return run_ray(
+            runs, settings, address=address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, num_cpus=num_cpus
+        )
+    return [train_and_evaluate(spec, seed, settings) for spec, seed in runs]
+
+
 def main(
     config: Path,
     corpus: Path,
@@ -31,52 +261,39 @@ def main(
     max_steps: int = 600,
     eval_frequency: int = 100,
     num_layers: str = typer.Option("null", help="First k decoder blocks, or null for all"),
-    seed: int = 0,
-    gpu_id: int = -1,
+    seed: int = typer.Option(0, help="The seed, when --seeds is not given"),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds (e.g. 0,1,2): every spec runs with each"),
+    gpu_id: int = typer.Option(-1, help="GPU of the sequential mode (with --ray, Ray assigns GPUs)"),
     test_split: str = "test.spacy",
+    ray: bool = typer.Option(False, "--ray", help="Run each (spec, seed) as a Ray task"),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
+    cpus_per_task: float = typer.Option(1.0, help="CPUs per Ray task"),
+    gpus_per_task: float = typer.Option(0.0, help="GPUs per Ray task (1: one spec per GPU)"),
+    num_cpus: int | None = typer.Option(None, help="CPUs of a local Ray (default: all of this machine's)"),
 ):
-    """For each spec: `spacy train` CONFIG on CORPUS/train+dev, then evaluate on CORPUS/TEST_SPLIT."""
-    scripts = Path(__file__).parent
-    for spec in expand_specs(specs):
-        metrics = metrics_dir / f"{spec}.json"
-        if metrics.exists():
-            print(f"{spec}: metrics exist, skipped")
-            continue
-        output = training_dir / spec
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "spacy",
-                "train",
-                str(config),
-                "--output",
-                str(output),
-                "--gpu-id",
-                str(gpu_id),
-                f"--paths.train={corpus / 'train.spacy'}",
-                f"--paths.dev={corpus / 'dev.spacy'}",
-                f"--paths.base_model={base_model}",
-                f'--components.transformer.model.unmask="{spec}"',
-                f"--components.transformer.model.num_layers={num_layers}",
-                f"--training.max_steps={max_steps}",
-                f"--training.eval_frequency={eval_frequency}",
-                f"--system.seed={seed}",
-            ],
-            check=True,
+    """For each spec and seed: `spacy train` CONFIG on CORPUS/train+dev, then evaluate on CORPUS/TEST_SPLIT."""
+    try:
+        sweep(
+            config,
+            corpus,
+            training_dir,
+            metrics_dir,
+            specs=specs,
+            base_model=base_model,
+            seeds=parse_seeds(seeds, seed),
+            max_steps=max_steps,
+            eval_frequency=eval_frequency,
+            num_layers=num_layers,
+            gpu_id=gpu_id,
+            test_split=test_split,
+            use_ray=ray,
+            address=address,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            num_cpus=num_cpus,
         )
-        subprocess.run(
-            [
-                sys.executable,
-                str(scripts / "evaluate.py"),
-                str(output / "model-best"),
-                str(corpus / test_split),
-                str(metrics),
-                "--name",
-                spec,
-            ],
-            check=True,
-        )
+    except RuntimeError as err:
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import srsly
 from spacy.cli._util import Arg, Opt, app, import_code
@@ -272,7 +272,12 @@ def _annotate(
     )
     expected = iter(todo)
     current, parts, got = None, [], 0
-    bar = tqdm(total=sum(counts[i] for i in todo), unit="doc", desc="ray-apply", disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=sum(counts[i] for i in todo),
+        unit="doc",
+        desc="ray-apply",
+        disable=None if progress is None else not progress,
+    )
     try:
         for row in dataset.iter_rows():
             shard = int(row["shard"])
@@ -300,23 +305,23 @@ def _annotate(
 
 @app.command("ray-apply")
 def ray_apply_cli(
-    # fmt: off
-    model: str = Arg(..., help="Pipeline name (an installed package) or path; on a multi-node cluster it must load on every node"),
-    data_path: Path = Arg(..., help="A .spacy file, a .jsonl file, a text file or a folder of them (as `spacy apply`)", exists=True),
-    output: Path = Arg(..., help="OUTPUT.spacy for one DocBin, or a folder for shard-NNNNNN.spacy files"),
-    text_key: str = Opt("text", "--text-key", "-tk", help="Key of the text in .jsonl records"),
-    id_key: str = Opt("id", "--id-key", help="Key of a .jsonl record copied to doc.user_data['id'] when present"),
-    address: str | None = Opt(None, "--address", help="Address of a running Ray cluster (e.g. auto or HOST:6379); default: start a local Ray"),
-    num_actors: int = Opt(1, "--num-actors", "-n", help="Actors in the pool, each with its own copy of the pipeline"),
-    cpus_per_actor: float = Opt(1.0, "--cpus-per-actor", help="CPUs reserved per actor (torch threads follow it)"),
-    gpus_per_actor: float = Opt(0.0, "--gpus-per-actor", help="GPUs per actor: 1 for one actor per GPU, 0 for CPU"),
-    batch_size: int = Opt(32, "--batch-size", "-b", help="Documents per actor call and per nlp.pipe batch"),
-    shard_size: int = Opt(1000, "--shard-size", help="Documents per output shard (the unit of resuming)"),
-    num_cpus: int | None = Opt(None, "--num-cpus", help="CPUs of a local Ray (default: what the actors need)"),
-    skip_errors: bool = Opt(False, "--skip-errors", help="Leave out bad records (listed in OUTPUT.errors.jsonl) instead of failing"),
-    force: bool = Opt(False, "--force", "-F", help="Overwrite OUTPUT instead of resuming it"),
-    code_path: Path | None = Opt(None, "--code", "-c", help="Python file with registered functions, imported on every actor"),
-    # fmt: on
+    model: Annotated[str, Arg(help="Pipeline name (an installed package) or path; it must load on every Ray node")],
+    data_path: Annotated[Path, Arg(help="A .spacy, .jsonl or text file, or a folder of them (as `spacy apply`)")],
+    output: Annotated[Path, Arg(help="OUTPUT.spacy for one DocBin, or a folder for shard-NNNNNN.spacy files")],
+    text_key: Annotated[str, Opt("--text-key", "-tk", help="Key of the text in .jsonl records")] = "text",
+    id_key: Annotated[str, Opt(help="Key of a .jsonl record copied to doc.user_data['id'] when present")] = "id",
+    address: Annotated[str | None, Opt(help="A running Ray cluster (auto, HOST:6379); default: a local Ray")] = None,
+    num_actors: Annotated[int, Opt("--num-actors", "-n", help="Actors, each with its own copy of the pipeline")] = 1,
+    cpus_per_actor: Annotated[float, Opt(help="CPUs reserved per actor (torch threads follow it)")] = 1.0,
+    gpus_per_actor: Annotated[float, Opt(help="GPUs per actor: 1 for one actor per GPU, 0 for CPU")] = 0.0,
+    batch_size: Annotated[int, Opt("--batch-size", "-b", help="Docs per actor call and nlp.pipe batch")] = 32,
+    shard_size: Annotated[int, Opt(help="Documents per output shard (the unit of resuming)")] = 1000,
+    num_cpus: Annotated[int | None, Opt(help="CPUs of a local Ray (default: what the actors need)")] = None,
+    skip_errors: Annotated[bool, Opt(help="Leave out bad records (listed in OUTPUT.errors.jsonl), not fail")] = False,
+    force: Annotated[bool, Opt("--force", "-F", help="Overwrite OUTPUT instead of resuming it")] = False,
+    code_path: Annotated[
+        Path | None, Opt("--code", "-c", help="Python file of registered functions, for actors")
+    ] = None,
 ) -> None:
     """Apply a trained pipeline to documents with a pool of Ray actors (`spacy apply`
     past one process): resumable, in input order, local or on a Ray cluster."""

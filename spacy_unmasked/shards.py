@@ -66,7 +66,7 @@ def check_record(record: Any, *, text_key: str) -> str | None:
         keys = ", ".join(repr(k) for k in list(record)[:5]) or "none"
         return f"record has no {text_key!r} key (keys: {keys}); choose the key with --text-key"
     if not isinstance(record[text_key], str):
-        return f"{text_key!r} is a {type(record[text_key]).__name__}, not a string"
+        return f"{text_key!r} must be a string, not {type(record[text_key]).__name__}"
     return None
 
 
@@ -75,7 +75,7 @@ def _jsonl_lines(path: Path, start: int = 0, stop: int | None = None) -> Iterato
     with path.open("rb") as file:
         file.seek(start)
         offset, number = start, 0
-        for number, line in enumerate(file, 1):  # noqa: B007
+        for number, line in enumerate(file, 1):
             if stop is not None and offset >= stop:
                 return
             if line.strip():
@@ -102,7 +102,9 @@ def plan_shards(data_path: Path, *, text_key: str, shard_size: int) -> Plan:
     if shard_size < 1:
         raise AnnotationInputError(f"--shard-size must be at least 1, not {shard_size}")
     if not data_path.exists():
-        raise AnnotationInputError(f"Cannot find the input {data_path}: give a file or a folder of .spacy/.jsonl/text files")
+        raise AnnotationInputError(
+            f"Cannot find the input {data_path}: give a file or a folder of .spacy/.jsonl/text files"
+        )
     paths = walk_directory(data_path)
     ordered = [p for p in paths if p.suffix in (".spacy", ".jsonl")] + [
         p for p in paths if p.suffix not in (".spacy", ".jsonl")

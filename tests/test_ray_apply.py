@@ -125,14 +125,20 @@ def test_bad_records_are_listed_not_dropped_silently(cli_run, corpora):
     errors = [json.loads(line) for line in out.with_name("shards.errors.jsonl").read_text().splitlines()]
     records = str(corpora[1] / "records.jsonl")
     assert errors == [
-        {"file": records, "line": 4, "error": "record has no 'text' key (keys: 'body', 'id'); choose the key with --text-key"},
-        {"file": records, "line": 8, "error": "'text' is a int, not a string"},
+        {
+            "file": records,
+            "line": 4,
+            "error": "record has no 'text' key (keys: 'body', 'id'); choose the key with --text-key",
+        },
+        {"file": records, "line": 8, "error": "'text' must be a string, not int"},
     ]
     assert "Left out the bad records listed in" in stdout
 
 
 def test_bad_records_fail_the_run_by_default(pipeline, corpora, tmp_path):
-    with pytest.raises(AnnotationInputError, match=r"2 input record\(s\) cannot be annotated, e.g. .*records.jsonl line 4"):
+    with pytest.raises(
+        AnnotationInputError, match=r"2 input record\(s\) cannot be annotated, e.g. .*records.jsonl line 4"
+    ):
         ray_apply(str(pipeline), corpora[1], tmp_path / "out.spacy")
     assert (tmp_path / "out.spacy.errors.jsonl").exists() and not (tmp_path / "out.spacy").exists()
 
@@ -155,7 +161,7 @@ def test_a_killed_run_resumes_to_the_same_result(cluster, cli_run, pipeline, cor
 
 
 def test_output_of_another_run_is_not_mixed_in(cli_run, pipeline, corpora):
-    with pytest.raises(AnnotationInputError, match="holds shards of another run .*pass --force"):
+    with pytest.raises(AnnotationInputError, match=r"holds shards of another run .*pass --force"):
         ray_apply(str(pipeline), corpora[1], cli_run[0], shard_size=SHARD_SIZE + 1, skip_errors=True)
 
 
@@ -182,7 +188,10 @@ def test_invalid_json_lines_are_bad_records(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"text": "fine"}\n{"text": "cut\n["a list"]\n', encoding="utf8")
     plan = plan_shards(tmp_path, text_key="text", shard_size=10)
     assert plan.counts == [1]
-    assert [(e["line"], e["error"].split(" (")[0]) for e in plan.errors] == [(2, "not valid JSON"), (3, "record is a list, not an object with a 'text' key")]
+    assert [(e["line"], e["error"].split(" (")[0]) for e in plan.errors] == [
+        (2, "not valid JSON"),
+        (3, "record is a list, not an object with a 'text' key"),
+    ]
 
 
 def test_shards_cut_at_the_shard_size_across_files(corpora):

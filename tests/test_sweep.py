@@ -2,8 +2,14 @@ import json
 from pathlib import Path
 
 import pytest
+import spacy
+import typer
+from spacy.tokens import DocBin
 
+from .pipelines import TRAIN
 from .scripts import load_script
+
+CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -17,28 +23,102 @@ def test_bits_expand_to_every_configuration(sweep):
     assert sweep.expand_specs("none, 0011,bits:2,0011") == ["none", "0011", "00", "01", "10", "11"]
 
 
-def test_finished_specs_are_skipped_so_a_sweep_resumes(sweep, tmp_path, monkeypatch, capsys):
+def test_seeds(sweep):
+    assert sweep.parse_seeds(None, 7) == [7]
+    assert sweep.parse_seeds("0, 1,2,1", 7) == [0, 1, 2]
+    with pytest.raises(typer.BadParameter, match="--seeds takes comma-separated integers such as 0,1,2, not '0,x'"):
+        sweep.parse_seeds("0,x", 0)
+
+
+def fake_runs(sweep, monkeypatch):
+    """Replace the subprocesses: record the commands, and let "evaluate" write evaluate.py-like JSON."""
+    calls = []
+
+    def run(command, check):
+        calls.append(command)
+        if command[1].endswith("evaluate.py"):
+            Path(command[4]).write_text(json.dumps({"name": command[6], "seed": None, "scores": {"f": 0.5}}))
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    return calls
+
+
+def test_finished_runs_are_skipped_so_a_sweep_resumes(sweep, tmp_path, monkeypatch, capsys):
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    for spec in ("0000", "0011"):
-        (metrics / f"{spec}.json").write_text(json.dumps({"strict_span": {"f": 0.5}}))
-    calls = []
-    monkeypatch.setattr(sweep.subprocess, "run", lambda command, check: calls.append(command))
-    sweep.main(
+    for name in ("0000.seed0", "0011.seed0", "0011.seed1"):
+        spec, seed = name.split(".seed")
+        (metrics / f"{name}.json").write_text(json.dumps({"name": spec, "spec": spec, "seed": int(seed)}))
+    # a run killed after evaluate.py wrote its file but before the sweep stamped it: not finished
+    (metrics / "0000.seed1.json").write_text(json.dumps({"name": "0000", "seed": None}))
+    calls = fake_runs(sweep, monkeypatch)
+    done = sweep.sweep(
         Path("c.cfg"),
         Path("corpus"),
         tmp_path / "training",
         metrics,
         specs="0000,0011,1111",
         base_model="m",
+        seeds=[0, 1],
         max_steps=5,
         eval_frequency=5,
-        num_layers="null",
-        seed=0,
-        gpu_id=-1,
-        test_split="test.spacy",
     )
-    assert "0000: metrics exist, skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0000.seed0: metrics exist, skipped" in out and "0011.seed1: metrics exist, skipped" in out
+    assert [(d.spec, d.seed) for d in done] == [("0000", 1), ("1111", 0), ("1111", 1)]
     trained = [c for c in calls if "train" in c]
-    assert len(trained) == 1 and '--components.transformer.model.unmask="1111"' in trained[0]
-    assert any(str(metrics / "1111.json") in c for c in calls)
+    assert [c[c.index("--output") + 1] for c in trained] == [
+        str((tmp_path / "training" / name).resolve()) for name in ("0000.seed1", "1111.seed0", "1111.seed1")
+    ]
+    assert '--components.transformer.model.unmask="1111"' in trained[2] and "--system.seed=1" in trained[2]
+    stamped = json.loads((metrics / "1111.seed1.json").read_text())
+    assert stamped == {"name": "1111", "seed": 1, "scores": {"f": 0.5}, "spec": "1111"}
+    assert sweep.is_finished(metrics / "0000.seed1.json")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus")
+    nlp = spacy.blank("en")
+    db = DocBin()
+    for text, ents in TRAIN * 2:
+        doc = nlp(text)
+        doc.ents = [doc.char_span(s, e, label=label) for s, e, label in ents]
+        db.add(doc)
+    for split in ("train", "dev", "test"):
+        db.to_disk(path / f"{split}.spacy")
+    return path
+
+
+def adapter(training: Path):
+    from safetensors.torch import load_file
+
+    (path,) = (training / "model-best").rglob("adapter.safetensors")
+    return load_file(path)
+
+
+@pytest.mark.slow
+def test_ray_sweep_runs_specs_concurrently_with_the_sequential_results(
+    sweep, corpus, tiny_llama_dir, tmp_path, monkeypatch
+):
+    """Two specs as two concurrent Ray tasks (2 CPUs) give the metrics and adapters of the sequential sweep."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray gives a 1-CPU task: the same arithmetic in both modes
+    common = dict(specs="0000,0011", base_model=str(tiny_llama_dir), seeds=[3], max_steps=3, eval_frequency=3)
+    sequential = sweep.sweep(CONFIGS / "ner.cfg", corpus, tmp_path / "t1", tmp_path / "m1", **common)
+    parallel = sweep.sweep(
+        CONFIGS / "ner.cfg", corpus, tmp_path / "t2", tmp_path / "m2", **common, use_ray=True, num_cpus=2
+    )
+    assert len({run.pid for run in parallel}) == 2
+    assert max(run.started for run in parallel) < min(run.ended for run in parallel)  # they overlapped
+    assert sorted(p.name for p in (tmp_path / "m2").glob("*.json")) == ["0000.seed3.json", "0011.seed3.json"]
+    for run in sequential:
+        name = f"{run.spec}.seed{run.seed}"
+        a, b = (json.loads((tmp_path / m / f"{name}.json").read_text()) for m in ("m1", "m2"))
+        assert (b["spec"], b["seed"], b["name"]) == (run.spec, 3, run.spec)
+        ignore = {"model", "words_per_second"}  # the pipeline's folder and the timing differ
+        assert {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+        weights_a, weights_b = adapter(tmp_path / "t1" / name), adapter(tmp_path / "t2" / name)
+        assert weights_a.keys() == weights_b.keys()
+        assert all((weights_a[k] == weights_b[k]).all() for k in weights_a)
+    causal, unmasked = adapter(tmp_path / "t2" / "0000.seed3"), adapter(tmp_path / "t2" / "0011.seed3")
+    assert any((causal[k] != unmasked[k]).any() for k in causal)  # each task trained its own spec
