@@ -1,5 +1,9 @@
+"""scripts/report.py on synthetic metrics: mean ± SD over seeds (checked against the
+statistics module), old single-seed files, the seed-spread marks and the heatmap."""
+
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -16,29 +20,46 @@ def report():
     return load_script("report")
 
 
-def metrics(name: str, f: float, p: float, r: float, wps: float = 850.0) -> dict:
+def metrics(name: str, f: float, p: float, r: float, *, seed: int | None = None, wps: float = 850.0) -> dict:
+    """evaluate.py's JSON layout (scores under "scores", the main task under "main")."""
     per_type = {"person": {"p": p, "r": r, "f": f, "support": 40}, "location": {"p": p, "r": r, "f": f, "support": 30}}
     return {
         "name": name,
         "model": f"training/{name}/model-best",
         "data": "corpus/wnut16/test.spacy",
         "docs": 120,
+        "seed": seed,
         "words_per_second": wps,
-        "strict_span": {"p": p, "r": r, "f": f, "support": 70, "per_type": per_type},
-        "spacy": {"ents_f": f},
+        "main": "ents",
+        "scores": {"ents": {"p": p, "r": r, "f": f, "support": 70, "predicted": 65, "per_type": per_type}},
     }
 
 
-# Scores chosen so that rounding and truncation differ (0.48661 -> 48.7, not 48.6).
-RUNS = {
-    "none": metrics("0000", 0.48661, 0.52149, 0.45572, wps=910.4),
-    "0001": metrics("0001", 0.50049, 0.4951, 0.5061),
-    "0011": metrics("0011", 0.55768, 0.60151, 0.51968, wps=1234.6),
-    "all": metrics("1111", 0.52333, 0.56, 0.49114),
-}
+def old_metrics(name: str, f: float, p: float, r: float, wps: float = 850.0) -> dict:
+    """The layout of metrics files written before evaluate.py used spaCy's Scorer (no seed)."""
+    return {"name": name, "docs": 120, "words_per_second": wps, "strict_span": {"p": p, "r": r, "f": f}}
+
+
+# F1 per seed. 0000 vs 0011: far apart (beyond the spread); 0000 vs 0001: overlapping.
+F1 = {"0000": [0.48, 0.50, 0.52], "0001": [0.47, 0.53, 0.56], "0011": [0.56, 0.57, 0.585]}
+P = {"0000": [0.50, 0.52, 0.54], "0001": [0.50, 0.50, 0.53], "0011": [0.60, 0.60, 0.63]}
+R = {"0000": [0.46, 0.48, 0.50], "0001": [0.45, 0.56, 0.59], "0011": [0.52, 0.54, 0.545]}
+
+
+def sweep_runs() -> dict[str, dict]:
+    runs = {}
+    for spec in F1:
+        for seed in range(3):
+            wps = 900.0 + 10 * seed
+            runs[f"{spec}.seed{seed}"] = metrics(spec, F1[spec][seed], P[spec][seed], R[spec][seed], seed=seed, wps=wps)
+            runs[f"{spec}.seed{seed}"]["spec"] = spec
+    runs["all"] = old_metrics("1111", 0.52333, 0.56, 0.49114)  # an old single file: one seed, no SD
+    return runs
+
+
 BASELINES = {
-    "cnn": metrics("cnn (tok2vec)", 0.41406, 0.44444, 0.38761),
-    "encoder": metrics("roberta-base", 0.57767, 0.60681, 0.55123),
+    **{f"cnn.seed{k}": metrics("spaCy CNN tok2vec", f, f, f, seed=k) for k, f in enumerate([0.40, 0.44, 0.42])},
+    "encoder": old_metrics("all-MiniLM-L6-v2 encoder", 0.57767, 0.60681, 0.55123),
 }
 
 
@@ -49,54 +70,97 @@ def write_dir(directory: Path, runs: dict) -> Path:
     return directory
 
 
-def row(text: str, spec: str) -> list[str]:
-    """The cells of the spec table row for SPEC."""
-    (line,) = [ln for ln in text.splitlines() if re.match(rf"\| (\*\*)?{spec}\b", ln)]
+def row(text: str, first_cell: str) -> list[str]:
+    """The cells of the table row whose first cell starts with FIRST_CELL."""
+    (line,) = [ln for ln in text.splitlines() if re.match(rf"\| (\*\*)?{re.escape(first_cell)}\b", ln)]
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_report_and_heatmap(report, tmp_path, capsys):
-    metrics_dir = write_dir(tmp_path / "metrics", RUNS)
-    baseline_dir = write_dir(tmp_path / "baselines", BASELINES)
+def mean_sd(values: list[float]) -> str:
+    """The oracle: Python's statistics module, sample SD, in points with one decimal."""
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def test_report_shows_mean_and_sd_over_seeds_and_marks_differences_beyond_the_spread(report, tmp_path, capsys):
     out = tmp_path / "report"
-    report.main(metrics_dir, out, baselines=baseline_dir)
+    report.main(write_dir(tmp_path / "metrics", sweep_runs()), out, baselines=write_dir(tmp_path / "b", BASELINES))
     text = (out / "report.md").read_text(encoding="utf8")
 
-    # none/all become bit strings of the common length; rows in spec order
     spec_rows = [ln for ln in text.splitlines() if re.match(r"\| (\*\*)?[01]+\b", ln)]
     assert [re.search(r"[01]+", ln).group() for ln in spec_rows] == ["0000", "0001", "0011", "1111"]
-    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "910"]
-    assert row(text, "0001") == ["0001", "group 4", "50.0", "49.5", "50.6", "850"]
-    assert row(text, "1111") == ["1111", "groups 1-4", "52.3", "56.0", "49.1", "850"]
-    # the highest F1 is the one bold row, with the best marker
-    assert row(text, "0011") == ["**0011** (best)", "**groups 3-4**", "**55.8**", "**60.2**", "**52.0**", "**1,235**"]
+    assert row(text, "0000") == [
+        "0000", "none (causal)", mean_sd(F1["0000"]), mean_sd(P["0000"]), mean_sd(R["0000"]), "3 (0, 1, 2)", "910", "—"
+    ]  # fmt: skip
+    # 0001: +2.0 points, within SD(0001) + SD(0000) = 4.6 + 2.0: no mark
+    d0001 = 100 * (statistics.fmean(F1["0001"]) - statistics.fmean(F1["0000"]))
+    assert row(text, "0001")[2] == mean_sd(F1["0001"]) and row(text, "0001")[-1] == f"{d0001:+.1f}"
+    # 0011: +7.2 points > SD(0011) + SD(0000) = 1.3 + 2.0: marked, and the best (bold)
+    d0011 = 100 * (statistics.fmean(F1["0011"]) - statistics.fmean(F1["0000"]))
+    assert row(text, "0011")[0] == "**0011** (best)"
+    assert row(text, "0011")[2] == f"**{mean_sd(F1['0011'])}**" and row(text, "0011")[-1] == f"**{d0011:+.1f}†**"
     assert text.count("(best)") == 1
-    assert [ln for ln in spec_rows if "**" in ln] == [ln for ln in spec_rows if "0011" in ln]
+    # the old single file: one value, no SD, one seed, and no mark (no spread to compare)
+    assert row(text, "1111") == ["1111", "groups 1-4", "52.3", "56.0", "49.1", "1", "850", "+2.3"]
 
-    assert "| cnn (tok2vec) | 41.4 | 44.4 | 38.8 |" in text
-    assert "| roberta-base | 57.8 | 60.7 | 55.1 |" in text
-    # 55.768 - 48.661 = 7.107 points
+    assert row(text, "spaCy CNN tok2vec") == [
+        "spaCy CNN tok2vec", mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]),
+        "3 (0, 1, 2)", "-8.0†",
+    ]  # fmt: skip
+    assert row(text, "all-MiniLM-L6-v2 encoder") == ["all-MiniLM-L6-v2 encoder", "57.8", "60.7", "55.1", "1", "+7.8"]
     summary = (
-        "Best configuration: `0011` (groups 3-4), strict span F1 55.8, +7.1 points vs. the fully causal `0000` (48.7)."
+        f"Best configuration: `0011` (groups 3-4), F1 {mean_sd(F1['0011'])} over 3 seeds, {d0011:+.1f} points vs. "
+        f"the fully causal `0000` ({mean_sd(F1['0000'])}); the difference exceeds the seed spread."
     )
     assert summary in text.splitlines()
+    assert "|Δ| > SD(spec) + SD(causal)" in text
 
     stdout = capsys.readouterr().out
-    assert "4 configurations" in stdout
-    assert "0011" in stdout and "+7.1" in stdout
-
+    assert "4 configurations (10 runs)" in stdout and "exceeds the seed spread" in stdout
     png = (out / "heatmap.png").read_bytes()
-    assert png.startswith(PNG_SIGNATURE)
-    assert len(png) > 10_000
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
 
 
-def test_report_without_causal_run_or_baselines(report, tmp_path):
-    runs = {"0001": RUNS["0001"], "1111": RUNS["all"]}
+def test_heatmap_marks_only_columns_beyond_the_spread(report, tmp_path):
+    specs = report.normalise_specs(sweep_runs())
+    fig = report.draw_heatmap(specs, tmp_path / "heatmap.png")
+    (ax,) = [a for a in fig.axes if a.get_xlabel()]
+    labels = {t.get_text().split("\n")[0]: t.get_text() for t in ax.texts}
+    mean = {spec: f"{100 * statistics.fmean(values):.1f}" for spec, values in F1.items()}
+    sd = {spec: f"{100 * statistics.stdev(values):.1f}" for spec, values in F1.items()}
+    assert labels == {
+        mean["0000"]: f"{mean['0000']}\n±{sd['0000']}",
+        mean["0001"]: f"{mean['0001']}\n±{sd['0001']}",
+        f"{mean['0011']}†": f"{mean['0011']}†\n±{sd['0011']}",  # the only spec beyond the spread
+        "52.3": "52.3",  # one seed: no SD line, no mark
+    }
+    assert [lbl.get_text() for lbl in ax.get_xticklabels()] == ["0000", "0001", "0011", "1111"]
+    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec)"
+    assert ax.get_xlabel().endswith("†: |Δ vs 0000| > SD(spec) + SD(0000) over seeds")
+
+
+def test_single_seed_files_report_without_spread(report, tmp_path):
+    runs = {
+        "none": old_metrics("0000", 0.48661, 0.52149, 0.45572, wps=910.4),
+        "0011": metrics("0011", 0.55768, 0.6, 0.52),
+    }
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "1111")[0] == "**1111** (best)"
+    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "1", "910", "—"]
+    assert row(text, "0011")[-1] == "**+7.1**"  # no mark without a spread
+    assert "one seed only, so no seed spread to compare with" in text
     assert "## Baselines" not in text
+
+
+def test_report_without_causal_run(report, tmp_path):
+    runs = {
+        "0001.seed0": metrics("0001", 0.5, 0.5, 0.5, seed=0),
+        "1111.seed0": metrics("1111", 0.52, 0.5, 0.55, seed=0),
+    }
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "1111")[0] == "**1111** (best)" and row(text, "1111")[-1] == "**n/a**"
     assert "no fully causal run (`0000`)" in text
     assert (out / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -115,11 +179,20 @@ def test_empty_metrics_dir_exits_with_message(report, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         report.main(empty, tmp_path / "report")
     message = str(exit_info.value.code)
-    assert str(empty) in message and "No metrics JSON files" in message and "evaluate" in message
+    assert str(empty) in message and "No metrics JSON files" in message and "sweep" in message
     assert not (tmp_path / "report").exists()
 
 
-def test_mixed_spec_lengths_exit(report, tmp_path):
-    runs = {"0011": RUNS["0011"], "011": RUNS["0001"]}
+def test_bad_inputs_exit_with_the_fix(report, tmp_path):
+    mixed = {"0011": metrics("0011", 0.5, 0.5, 0.5), "011": metrics("011", 0.5, 0.5, 0.5)}
     with pytest.raises(SystemExit, match="different lengths"):
-        report.main(write_dir(tmp_path / "metrics", runs), tmp_path / "report")
+        report.main(write_dir(tmp_path / "mixed", mixed), tmp_path / "r1")
+    twice = {"0011.seed1": metrics("0011", 0.5, 0.5, 0.5, seed=1), "0011.again": metrics("0011", 0.5, 0.5, 0.5, seed=1)}
+    twice["0011.again"]["spec"] = "0011"
+    with pytest.raises(SystemExit, match=r"0011 has two metrics files for the same seed \(\[1, 1\]\)"):
+        report.main(write_dir(tmp_path / "twice", twice), tmp_path / "r2")
+    with pytest.raises(SystemExit, match="must be named after an unmask spec"):
+        report.main(write_dir(tmp_path / "named", {"best.seed0": metrics("x", 0.5, 0.5, 0.5, seed=0)}), tmp_path / "r3")
+    unknown = {"0011": {"name": "x", "words_per_second": 1.0}}
+    with pytest.raises(SystemExit, match="have neither scores/main nor strict_span"):
+        report.main(write_dir(tmp_path / "unknown", unknown), tmp_path / "r4")
