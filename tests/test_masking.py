@@ -6,7 +6,7 @@ from spacy_unmasked import UnmaskSpecError, resolve_layers, unmask
 from spacy_unmasked.families import UnsupportedModelError
 
 from .test_oracle import assert_real_close, layer_by_layer, oracle_mask, run
-from .tiny import BACKENDS, FAMILIES, tiny_model
+from .tiny import BACKENDS, FAMILIES, one_torch_thread, tiny_model  # noqa: F401
 
 CASES = [(family, backend) for family in FAMILIES for backend in BACKENDS]
 WINDOWED = ("mistral-sliding", "gemma2")
@@ -100,7 +100,7 @@ def test_mixed_spec_keeps_lower_layers_causal():
     model's and the output is the layer-by-layer oracle's."""
     model = tiny_model("llama", "sdpa")
     a = ids([5, 9, 17, 33])
-    stock_final, stock_states = run(model, a, None)
+    _, stock_states = run(model, a, None)
     expected, _ = layer_by_layer(model, a, torch.ones_like(a), {3})
     unmask(model, [-1])
     final, states = run(model, a, None)
@@ -137,7 +137,9 @@ def test_gradient_checkpointing_and_peft_keep_unmasking():
     batch = ids([5, 9, 17, 33], [7, 21, 0, 0])
     mask = ids([1, 1, 1, 1], [1, 1, 0, 0])
     with torch.no_grad():
-        expected = wrapped(input_ids=batch, attention_mask=oracle_mask(mask, causal=False, window=None, dtype=torch.float32))
+        expected = wrapped(
+            input_ids=batch, attention_mask=oracle_mask(mask, causal=False, window=None, dtype=torch.float32)
+        )
     handle = unmask(wrapped, "all")
     out = wrapped(input_ids=batch, attention_mask=mask).last_hidden_state
     assert_real_close(out, expected.last_hidden_state, mask)
@@ -170,7 +172,9 @@ def test_unsupported_family_and_backend():
     bert = transformers.BertModel(
         transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     )
-    with pytest.raises(UnsupportedModelError, match=r"no decoder stack holds its blocks in a `\.layers` list.*verified: llama"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"no decoder stack holds its blocks in a `\.layers` list.*verified: llama"
+    ):
         unmask(bert, "all")
     model = tiny_model("llama", "sdpa")
     model.config._attn_implementation = "flex_attention"

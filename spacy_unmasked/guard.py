@@ -1,0 +1,161 @@
+"""A runtime check that unmasking really took effect, layer by layer.
+
+transformers changes how it builds and passes attention masks from release to
+release; a change the hooks do not reach would leave the model causal without
+any error. :func:`verify_unmasking` runs one tiny forward pass, records what
+each layer's attention module receives, re-runs each attention module (hooks
+included) with one later position perturbed and checks that an earlier
+position's output changes exactly in the unmasked layers, and that a padding
+position never changes a real one.
+"""
+
+import importlib.metadata
+
+import torch
+from torch import nn
+
+from .families import decoder_attentions, find_decoder
+
+_LENGTH = 6  # tokens of the full row; the second row has _LENGTH - 2 real tokens
+_EARLY, _LATER = 0, 1  # a later position within any sliding window
+_CHANGED = 1e-2  # relative change of the early position's output that counts as "sees the later one"
+
+
+class UnmaskingNotEffectiveError(RuntimeError):
+    """The installed transformers builds attention masks in a way unmasking does not reach."""
+
+
+def supported_transformers() -> str:
+    """The transformers requirement this package declares (e.g. ``>=4.48,<4.54``)."""
+    try:
+        requirements = importlib.metadata.requires("spacy-unmasked") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    for requirement in requirements:
+        name = requirement.split(";")[0].strip()
+        if name.lower().startswith("transformers") and not name[len("transformers") :][:1].isalnum():
+            spec = name[len("transformers") :].strip(" ()")
+            if spec:
+                return spec
+    return "the range in spacy-unmasked's pyproject.toml"
+
+
+def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
+    """Check in one tiny forward pass that the layers in ``layers`` let an early
+    position see a later one, that every other layer does not, and that no layer
+    lets a real position see padding.
+
+    ``model`` is a bare, causal-LM or peft-wrapped decoder (quantized or on any
+    device) after :func:`spacy_unmasked.unmask`. Training flags are restored.
+    Raises :class:`UnmaskingNotEffectiveError` naming the failing layers and the
+    supported transformers range.
+    """
+    decoder = find_decoder(model)
+    attentions = decoder_attentions(decoder)
+    unmasked = set(layers)
+    bad = sorted(index for index in unmasked if not 0 <= index < len(attentions))
+    if bad:
+        raise ValueError(f"layers {bad} are out of range for a decoder with {len(attentions)} layers")
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            problems = []
+            # a padded batch (the decoder builds a mask) and one unpadded row (it may build none)
+            for padded in (True, False):
+                inputs = _attention_inputs(decoder, attentions, padded=padded)
+                for index, attention in enumerate(attentions):
+                    problems += _check_layer(
+                        index, attention, *inputs[index], unmasked=index in unmasked, padded=padded
+                    )
+            problems = list(dict.fromkeys(problems))
+    finally:
+        for module, training in flags:
+            module.training = training
+    if problems:
+        raise UnmaskingNotEffectiveError(_message(problems))
+
+
+def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded: bool) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) each attention module receives from the decoder, before any hook."""
+    captured: dict[int, tuple[tuple, dict]] = {}
+
+    def capture(index):
+        def hook(module, args, kwargs):
+            captured.setdefault(index, (args, dict(kwargs)))
+
+        return hook
+
+    hooks = [
+        attention.register_forward_pre_hook(capture(index), with_kwargs=True, prepend=True)
+        for index, attention in enumerate(attentions)
+    ]
+    embeddings = decoder.get_input_embeddings()
+    device = embeddings.weight.device
+    vocab = embeddings.num_embeddings
+    ids = (torch.arange(2 * _LENGTH, device=device).view(2, _LENGTH) * 7 + 3) % vocab
+    mask = torch.ones(2, _LENGTH, dtype=torch.long, device=device)
+    mask[1, _LENGTH - 2 :] = 0
+    if not padded:
+        ids, mask = ids[:1], mask[:1]
+    try:
+        decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    missing = [index for index in range(len(attentions)) if index not in captured]
+    if missing:
+        raise UnmaskingNotEffectiveError(_message([f"the attention of layers {missing} was never called"]))
+    return [captured[index] for index in range(len(attentions))]
+
+
+def _check_layer(
+    index: int, attention: nn.Module, args: tuple, kwargs: dict, *, unmasked: bool, padded: bool
+) -> list[str]:
+    hidden = args[0] if args else kwargs["hidden_states"]
+
+    def attend(states: torch.Tensor) -> torch.Tensor:
+        if args:
+            out = attention(states, *args[1:], **kwargs)
+        else:
+            out = attention(**{**kwargs, "hidden_states": states})
+        return (out[0] if isinstance(out, tuple) else out).float()
+
+    base = attend(hidden)
+    generator = torch.Generator().manual_seed(index)
+    noise = torch.randn(hidden.shape[-1], generator=generator).to(hidden.device, hidden.dtype)
+    scale = hidden.float().std().clamp(min=1e-3).to(hidden.dtype)
+    name = f"layer {index} ({type(attention).__name__})"
+    problems = []
+
+    later = hidden.clone()
+    later[0, _LATER] = later[0, _LATER] + 4 * scale * noise
+    sees_later = _changed(attend(later)[0, _EARLY], base[0, _EARLY])
+    batch = "a padded batch" if padded else "an unpadded batch"
+    if unmasked and not sees_later:
+        problems.append(f"{name} is unmasked but position {_EARLY} does not see position {_LATER} in {batch}")
+    if not unmasked and sees_later:
+        problems.append(f"{name} should be causal but position {_EARLY} sees position {_LATER} in {batch}")
+    if not padded:
+        return problems
+
+    real = _LENGTH - 2
+    padding = hidden.clone()
+    padding[1, real:] = padding[1, real:] + 4 * scale * noise
+    if _changed(attend(padding)[1, :real], base[1, :real]):
+        problems.append(f"{name} lets real positions see padding")
+    return problems
+
+
+def _changed(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return bool((new - old).abs().max() > _CHANGED * old.abs().max().clamp(min=1e-6))
+
+
+def _message(problems: list[str]) -> str:
+    version = importlib.metadata.version("transformers")
+    return (
+        f"Unmasking is not effective with transformers {version}: {'; '.join(problems)}. The installed "
+        "transformers builds or passes attention masks in a way spacy-unmasked's hooks do not reach, so the "
+        f"model would run causal. spacy-unmasked supports transformers {supported_transformers()}: install a "
+        "version in that range."
+    )
