@@ -98,6 +98,11 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
     known = [s for s in seeds if s is not None]
     if len(set(known)) != len(known):
         sys.exit(f"{name} has two metrics files for the same seed ({sorted(known)}): keep one per seed.")
+    if len(runs) > 1 and len(known) < len(runs):
+        sys.exit(
+            f"{name} has metrics files with and without a seed: remove the file without one (written before seeds "
+            "were recorded) or rename it <name>.seed<k>.json and add its seed."
+        )
     scores = [main_scores(run) for run in runs]
     return Summary(
         name=name,

@@ -191,6 +191,9 @@ def test_bad_inputs_exit_with_the_fix(report, tmp_path):
     twice["0011.again"]["spec"] = "0011"
     with pytest.raises(SystemExit, match=r"0011 has two metrics files for the same seed \(\[1, 1\]\)"):
         report.main(write_dir(tmp_path / "twice", twice), tmp_path / "r2")
+    mixed_seeds = {"0011.seed0": metrics("0011", 0.5, 0.5, 0.5, seed=0), "0011": old_metrics("0011", 0.5, 0.5, 0.5)}
+    with pytest.raises(SystemExit, match="0011 has metrics files with and without a seed: remove the file without"):
+        report.main(write_dir(tmp_path / "mixed_seeds", mixed_seeds), tmp_path / "r5")
     with pytest.raises(SystemExit, match="must be named after an unmask spec"):
         report.main(write_dir(tmp_path / "named", {"best.seed0": metrics("x", 0.5, 0.5, 0.5, seed=0)}), tmp_path / "r3")
     unknown = {"0011": {"name": "x", "words_per_second": 1.0}}
