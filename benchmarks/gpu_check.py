@@ -680,6 +680,7 @@ def main() -> None:
     label = args.shape if args.model is None else Path(args.model).name
     out_file = out_dir / f"gpu_check_{label}.json"
     clock = Clock(args.deadline)
+    started = time.time()
     results: dict = {
         "shape": label,
         "environment": environment(device),
@@ -703,7 +704,7 @@ def main() -> None:
             print(f"[{name}] skipped: deadline", flush=True)
             save()
             return None
-        print(f"[{name}] ...", flush=True)
+        print(f"[{name}] ... (t={time.time() - started:.0f} s)", flush=True)
         start = time.perf_counter()
         try:
             value = fn()
@@ -712,6 +713,7 @@ def main() -> None:
             results["errors"].append(f"{name}: {value['error'][:300]}")
             print(f"[{name}] ERROR {value['error'][:500]}", flush=True)
         results["part_seconds"][name] = round(time.perf_counter() - start, 1)
+        print(f"[{name}] done in {results['part_seconds'][name]} s", flush=True)
         results[name] = value
         save()
         free_memory(device)
