@@ -2,11 +2,11 @@
 
 transformers changes how it builds and passes attention masks from release to
 release; a change the hooks do not reach would leave the model causal without
-any error. :func:`verify_unmasking` runs one tiny forward pass, records what
-each layer's attention module receives, re-runs each attention module (hooks
-included) with one later position perturbed and checks that an earlier
-position's output changes exactly in the unmasked layers, and that a padding
-position never changes a real one.
+any error. :func:`verify_unmasking` runs two tiny forward passes (a padded and
+an unpadded batch), records what each layer's attention module receives,
+re-runs each attention module (hooks included) with one later position
+perturbed and checks that an earlier position's output changes exactly in the
+unmasked layers, and that a padding position never changes a real one.
 """
 
 import importlib.metadata
@@ -16,7 +16,8 @@ from torch import nn
 
 from .families import decoder_attentions, find_decoder
 
-_LENGTH = 6  # tokens of the full row; the second row has _LENGTH - 2 real tokens
+_LENGTH = 4  # tokens of a full row
+_REAL = 3  # real tokens of a padded row
 _EARLY, _LATER = 0, 1  # a later position within any sliding window
 _CHANGED = 1e-2  # relative change of the early position's output that counts as "sees the later one"
 
@@ -41,7 +42,7 @@ def supported_transformers() -> str:
 
 
 def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
-    """Check in one tiny forward pass that the layers in ``layers`` let an early
+    """Check in a tiny forward pass that the layers in ``layers`` let an early
     position see a later one, that every other layer does not, and that no layer
     lets a real position see padding.
 
@@ -60,24 +61,27 @@ def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> N
     model.eval()
     try:
         with torch.no_grad():
-            problems = []
-            # a padded batch (the decoder builds a mask) and one unpadded row (it may build none)
+            problems: list[tuple[int, str, str]] = []
+            # a padded batch (the decoder builds a mask) and an unpadded one (it may build none)
             for padded in (True, False):
                 inputs = _attention_inputs(decoder, attentions, padded=padded)
                 for index, attention in enumerate(attentions):
                     problems += _check_layer(
                         index, attention, *inputs[index], unmasked=index in unmasked, padded=padded
                     )
-            problems = list(dict.fromkeys(problems))
     finally:
         for module, training in flags:
             module.training = training
     if problems:
-        raise UnmaskingNotEffectiveError(_message(problems))
+        raise UnmaskingNotEffectiveError(_message(_grouped(problems)))
 
 
 def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded: bool) -> list[tuple[tuple, dict]]:
-    """The (args, kwargs) each attention module receives from the decoder, before any hook."""
+    """The (args, kwargs) each attention module receives from the decoder, before any hook.
+
+    Every row comes twice (rows 2k and 2k+1 are equal), so that one re-run of an
+    attention module compares a perturbed copy with the original; the padded
+    batch's second pair has two padding positions."""
     captured: dict[int, tuple[tuple, dict]] = {}
 
     def capture(index):
@@ -92,12 +96,10 @@ def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded
     ]
     embeddings = decoder.get_input_embeddings()
     device = embeddings.weight.device
-    vocab = embeddings.num_embeddings
-    ids = (torch.arange(2 * _LENGTH, device=device).view(2, _LENGTH) * 7 + 3) % vocab
-    mask = torch.ones(2, _LENGTH, dtype=torch.long, device=device)
-    mask[1, _LENGTH - 2 :] = 0
-    if not padded:
-        ids, mask = ids[:1], mask[:1]
+    rows = 4 if padded else 2
+    ids = (torch.arange(_LENGTH, device=device) * 7 + 3).repeat(rows, 1) % embeddings.num_embeddings
+    mask = torch.ones(rows, _LENGTH, dtype=torch.long, device=device)
+    mask[2:, _REAL:] = 0
     try:
         decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
@@ -111,44 +113,49 @@ def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded
 
 def _check_layer(
     index: int, attention: nn.Module, args: tuple, kwargs: dict, *, unmasked: bool, padded: bool
-) -> list[str]:
+) -> list[tuple[int, str, str]]:
+    """Re-run one attention module (its hooks included) with row 1's later position
+    and row 3's padding perturbed, and compare with the unperturbed copies."""
     hidden = args[0] if args else kwargs["hidden_states"]
-
-    def attend(states: torch.Tensor) -> torch.Tensor:
-        if args:
-            out = attention(states, *args[1:], **kwargs)
-        else:
-            out = attention(**{**kwargs, "hidden_states": states})
-        return (out[0] if isinstance(out, tuple) else out).float()
-
-    base = attend(hidden)
     generator = torch.Generator().manual_seed(index)
     noise = torch.randn(hidden.shape[-1], generator=generator).to(hidden.device, hidden.dtype)
-    scale = hidden.float().std().clamp(min=1e-3).to(hidden.dtype)
-    name = f"layer {index} ({type(attention).__name__})"
-    problems = []
+    noise = 4 * noise * hidden.float().std().clamp(min=1e-3).to(hidden.dtype)
+    perturbed = hidden.clone()
+    perturbed[1, _LATER] += noise
+    if padded:
+        perturbed[3, _REAL:] += noise
+    if args:
+        out = attention(perturbed, *args[1:], **kwargs)
+    else:
+        out = attention(**{**kwargs, "hidden_states": perturbed})
+    out = (out[0] if isinstance(out, tuple) else out).float()
 
-    later = hidden.clone()
-    later[0, _LATER] = later[0, _LATER] + 4 * scale * noise
-    sees_later = _changed(attend(later)[0, _EARLY], base[0, _EARLY])
+    name = type(attention).__name__
     batch = "a padded batch" if padded else "an unpadded batch"
+    sees_later = _changed(out[1, _EARLY], out[0, _EARLY])
+    problems = []
     if unmasked and not sees_later:
-        problems.append(f"{name} is unmasked but position {_EARLY} does not see position {_LATER} in {batch}")
+        problems.append((index, name, f"unmasked, but position {_EARLY} does not see position {_LATER} in {batch}"))
     if not unmasked and sees_later:
-        problems.append(f"{name} should be causal but position {_EARLY} sees position {_LATER} in {batch}")
-    if not padded:
-        return problems
-
-    real = _LENGTH - 2
-    padding = hidden.clone()
-    padding[1, real:] = padding[1, real:] + 4 * scale * noise
-    if _changed(attend(padding)[1, :real], base[1, :real]):
-        problems.append(f"{name} lets real positions see padding")
+        problems.append((index, name, f"meant to be causal, but position {_EARLY} sees position {_LATER} in {batch}"))
+    if padded and _changed(out[3, :_REAL], out[2, :_REAL]):
+        problems.append((index, name, "real positions see padding"))
     return problems
 
 
 def _changed(new: torch.Tensor, old: torch.Tensor) -> bool:
     return bool((new - old).abs().max() > _CHANGED * old.abs().max().clamp(min=1e-6))
+
+
+def _grouped(problems: list[tuple[int, str, str]]) -> list[str]:
+    """One line per kind of problem: "layers 4, 5 (LlamaAttention): unmasked, but ..."."""
+    layers: dict[tuple[str, str], list[int]] = {}
+    for index, name, text in problems:
+        layers.setdefault((name, text), []).append(index)
+    return [
+        f"layer{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))} ({name}): {text}"
+        for (name, text), indices in layers.items()
+    ]
 
 
 def _message(problems: list[str]) -> str:
