@@ -135,3 +135,22 @@ def test_out_of_range_layers_are_rejected():
 def test_supported_range_comes_from_the_package_metadata():
     declared = [r for r in importlib.metadata.requires("spacy-unmasked") or [] if r.startswith("transformers")]
     assert declared and supported_transformers() in declared[0]
+
+
+def test_guard_passes_on_a_4bit_quantized_model(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from .tiny import save_tiny_pretrained
+
+    save_tiny_pretrained(tmp_path, "qwen3")
+    quantization = transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    model = transformers.AutoModel.from_pretrained(
+        tmp_path, quantization_config=quantization, device_map={"": "cpu"}, attn_implementation="sdpa"
+    )
+    assert type(model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    handle = unmask(model, "01")
+    verify_unmasking(model, handle.layers)
+    handle.remove()
+    with pytest.raises(UnmaskingNotEffectiveError, match=r"layers 2, 3 \(Qwen3Attention\): unmasked, but"):
+        verify_unmasking(model, handle.layers)
