@@ -168,7 +168,9 @@ def displacy_page(metrics: dict[str, Any], predicted: list[Doc], gold: list[Doc]
             record = manual_record(doc, spans, wrong, style)
             markup = displacy.render(record, style=style, manual=True, options=options, page=False, jupyter=False)
             markup = markup.replace(WRONG.strip(), '<span class="wrong">✗</span>')
-            note = f"{len(spans)} spans" + (f', {len(wrong)} <span class="wrong">✗</span>' if wrong else "")
+            note = f"{len(spans)} span{'s' if len(spans) != 1 else ''}" + (
+                f', {len(wrong)} <span class="wrong">✗</span>' if wrong else ""
+            )
             cells.append(f'<div class="side"><h3>{side} <small>{note}</small></h3>{markup}</div>')
         rows.append(f'<section><h2>doc {i}</h2><div class="pair">{"".join(cells)}</div></section>')
     title = html.escape(f"{metrics['name']}: gold vs predicted ({task})")
