@@ -94,29 +94,38 @@ def bidirectional_mask(mask: torch.Tensor) -> torch.Tensor:
     query ``j`` and ``j`` is not padding, so a causal mask turns into a padding-only
     mask and a causal sliding window into the same window on both sides. Padding
     queries see every real key (their outputs are never used; no row stays empty).
-    Masks whose query and key lengths differ (a KV cache) keep only the padding rule.
+    Key slots past the queries that no query sees (spare cache slots) stay hidden;
+    masks over a real KV cache keep only the padding rule.
     """
     if mask.dtype == torch.bool:
         visible = mask
     else:
         visible = mask > torch.finfo(mask.dtype).min / 2
     queries, length = visible.shape[-2:]
-    if queries != length:
-        keys = visible.any(dim=-2, keepdim=True)
-        allowed = keys.expand_as(visible)
+    if length > queries and not bool(visible[..., queries:].any()):
+        square = _mirror(visible[..., :queries])
+        allowed = torch.cat([square, visible[..., queries:]], dim=-1)
+    elif length == queries:
+        allowed = _mirror(visible)
     else:
-        later = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
-        # rows that see a later key were not built causally (e.g. fully hidden rows that sdpa
-        # unhides); the other rows tell which keys are real
-        causal_rows = ~(visible & later).any(dim=-1, keepdim=True)
-        keys = (visible & causal_rows).any(dim=-2, keepdim=True)
-        allowed = torch.where(later, visible.transpose(-1, -2) & keys, visible)
-        padding_query = ~keys.transpose(-1, -2)
-        allowed = torch.where(padding_query, keys, allowed)
+        allowed = visible.any(dim=-2, keepdim=True).expand_as(visible)
     allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # a fully padded row attends anywhere, never NaN
     if mask.dtype == torch.bool:
         return allowed
     return torch.zeros_like(mask).masked_fill(~allowed, torch.finfo(mask.dtype).min)
+
+
+def _mirror(visible: torch.Tensor) -> torch.Tensor:
+    """The bidirectional counterpart of a square boolean causal mask."""
+    length = visible.shape[-1]
+    later = torch.ones(length, length, dtype=torch.bool, device=visible.device).triu(1)
+    # rows that see a later key were not built causally (e.g. fully hidden rows that sdpa
+    # unhides); the other rows tell which keys are real
+    causal_rows = ~(visible & later).any(dim=-1, keepdim=True)
+    keys = (visible & causal_rows).any(dim=-2, keepdim=True)
+    allowed = torch.where(later, visible.transpose(-1, -2) & keys, visible)
+    padding_query = ~keys.transpose(-1, -2)
+    return torch.where(padding_query, keys, allowed)
 
 
 def resolve_layers(model: nn.Module | int, spec: UnmaskSpec) -> list[int]:

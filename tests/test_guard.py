@@ -61,7 +61,7 @@ def test_hooks_gone_but_is_causal_off_fails():
     with pytest.raises(
         UnmaskingNotEffectiveError,
         match=not_effective(
-            r"layers 2, 3 \(LlamaAttention\): unmasked, but position 0 does not see position 1 in a padded batch"
+            r"layers 2, 3 \(Llama\w*Attention\): unmasked, but position 0 does not see position 1 in a padded batch"
         ),
     ):
         verify_unmasking(model, handle.layers)
@@ -79,7 +79,7 @@ def test_a_layer_whose_mask_is_causal_again_fails():
     attention.register_forward_pre_hook(
         lambda module, args, kwargs: (args, {**kwargs, "attention_mask": saved["mask"]}), with_kwargs=True
     )
-    with pytest.raises(UnmaskingNotEffectiveError, match=r"layer 3 \(MistralAttention\): unmasked, but") as error:
+    with pytest.raises(UnmaskingNotEffectiveError, match=r"layer 3 \(Mistral\w*Attention\): unmasked, but") as error:
         verify_unmasking(model, handle.layers)
     assert "layer 2" not in str(error.value) and "layers" not in str(error.value)
 
@@ -96,6 +96,8 @@ def test_no_mask_left_causal_by_the_attention_class_fails():
     """Some attention classes run causal when the decoder builds no mask, whatever
     is_causal says (qwen2_moe's sdpa attention): the unpadded pass catches it."""
     model = tiny_model("qwen2_moe", "sdpa")
+    if type(model.layers[0].self_attn).__name__ != "Qwen2MoeSdpaAttention":
+        pytest.skip(f"transformers {transformers.__version__}'s qwen2_moe attention honours is_causal without a mask")
     handle = unmask(model, "01")
     verify_unmasking(model, handle.layers)
     handle._flash = True  # sabotage: leave the missing mask missing
@@ -111,7 +113,7 @@ def test_padding_leak_fails(monkeypatch):
     handle = unmask(model, "all")
     monkeypatch.setattr(spacy_unmasked.masking, "bidirectional_mask", lambda mask: torch.zeros_like(mask))
     with pytest.raises(
-        UnmaskingNotEffectiveError, match=r"layers 0, 1, 2, 3 \(LlamaAttention\): real positions see padding"
+        UnmaskingNotEffectiveError, match=r"layers 0, 1, 2, 3 \(Llama\w*Attention\): real positions see padding"
     ):
         verify_unmasking(model, handle.layers)
 
@@ -121,7 +123,7 @@ def test_a_bidirectional_layer_that_should_be_causal_fails():
     unmask(model, "all")
     with pytest.raises(
         UnmaskingNotEffectiveError,
-        match=r"layer 0 \(LlamaAttention\): meant to be causal, but position 0 sees position 1",
+        match=r"layer 0 \(Llama\w*Attention\): meant to be causal, but position 0 sees position 1",
     ):
         verify_unmasking(model, [1, 2, 3])
 
@@ -133,6 +135,10 @@ def test_out_of_range_layers_are_rejected():
 
 
 def test_supported_range_comes_from_the_package_metadata():
+    try:
+        importlib.metadata.version("spacy-unmasked")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("spacy-unmasked is not installed (run from a checkout)")
     declared = [r for r in importlib.metadata.requires("spacy-unmasked") or [] if r.startswith("transformers")]
     assert declared and supported_transformers() in declared[0]
 
@@ -152,5 +158,5 @@ def test_guard_passes_on_a_4bit_quantized_model(tmp_path):
     handle = unmask(model, "01")
     verify_unmasking(model, handle.layers)
     handle.remove()
-    with pytest.raises(UnmaskingNotEffectiveError, match=r"layers 2, 3 \(Qwen3Attention\): unmasked, but"):
+    with pytest.raises(UnmaskingNotEffectiveError, match=r"layers 2, 3 \(Qwen3\w*Attention\): unmasked, but"):
         verify_unmasking(model, handle.layers)
