@@ -265,7 +265,7 @@ def main(
     seeds: str | None = typer.Option(None, help="Comma-separated seeds (e.g. 0,1,2): every spec runs with each"),
     gpu_id: int = typer.Option(-1, help="GPU of the sequential mode (with --ray, Ray assigns GPUs)"),
     test_split: str = "test.spacy",
-    ray: bool = typer.Option(False, "--ray", help="Run each (spec, seed) as a Ray task"),
+    ray: bool = typer.Option(False, "--ray/--no-ray", help="Run each (spec, seed) as a Ray task"),
     address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
     cpus_per_task: float = typer.Option(1.0, help="CPUs per Ray task"),
     gpus_per_task: float = typer.Option(0.0, help="GPUs per Ray task (1: one spec per GPU)"),

@@ -45,7 +45,8 @@ class PipelineLoadError(RuntimeError):
 
 @dataclass
 class Summary:
-    """What a run did: documents annotated now, shards written now and skipped, seconds."""
+    """What a run did: documents annotated now, shards written now and skipped, seconds in all
+    and seconds until the first annotated documents came back (Ray and actor start-up)."""
 
     output: Path
     docs: int
@@ -53,10 +54,17 @@ class Summary:
     shards_skipped: int
     seconds: float
     errors_file: Path | None
+    startup_seconds: float = 0.0
 
     @property
     def docs_per_second(self) -> float:
         return self.docs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_docs_per_second(self) -> float:
+        """Documents per second once the first annotated documents came back (start-up excluded)."""
+        busy = self.seconds - self.startup_seconds
+        return self.docs / busy if busy > 0 else 0.0
 
 
 class Annotator:
@@ -168,12 +176,13 @@ def ray_apply(
     todo = folder.open(
         key=key, counts=plan.counts, force=force, settings={"model": model, "data": str(data_path), "docs": plan.docs}
     )
+    first_docs = start
     if todo:
         if num_cpus is None:
             num_cpus = max(1, math.ceil(num_actors * cpus_per_actor))
         started = start_ray(address=address, num_cpus=num_cpus)
         try:
-            _annotate(
+            first_docs = _annotate(
                 plan.shards,
                 plan.counts,
                 todo,
@@ -204,6 +213,7 @@ def ray_apply(
         shards_skipped=len(plan.counts) - len(todo),
         seconds=time.perf_counter() - start,
         errors_file=errors_file if plan.errors else None,
+        startup_seconds=first_docs - start,
     )
 
 
@@ -233,8 +243,9 @@ def _annotate(
     batch_size: int,
     code_path: Path | None,
     progress: bool | None,
-) -> None:
-    """Run the Ray Data pipeline over the unfinished shards and write each one as it completes."""
+) -> float:
+    """Run the Ray Data pipeline over the unfinished shards and write each one as it completes;
+    returns when (``time.perf_counter``) the first annotated documents arrived."""
     import ray
     import ray.data
     from tqdm import tqdm
@@ -271,7 +282,7 @@ def _annotate(
         )
     )
     expected = iter(todo)
-    current, parts, got = None, [], 0
+    current, parts, got, first = None, [], 0, 0.0
     bar = tqdm(
         total=sum(counts[i] for i in todo),
         unit="doc",
@@ -281,6 +292,7 @@ def _annotate(
     try:
         for row in dataset.iter_rows():
             shard = int(row["shard"])
+            first = first or time.perf_counter()
             if current is None:
                 current = next(expected)
             if shard != current:
@@ -301,6 +313,7 @@ def _annotate(
     missing = [i for i in todo if not (folder.path / shard_name(i)).exists()]
     if missing:
         raise RuntimeError(f"ray-apply: Ray Data returned no documents for shard(s) {missing[:5]}; run again to resume")
+    return first
 
 
 @app.command("ray-apply")
@@ -348,6 +361,7 @@ def ray_apply_cli(
     if summary.errors_file:
         msg.warn(f"Left out the bad records listed in {summary.errors_file}")
     msg.good(
-        f"{summary.docs} docs in {summary.seconds:.1f} s ({summary.docs_per_second:.1f} docs/s), "
+        f"{summary.docs} docs in {summary.seconds:.1f} s ({summary.docs_per_second:.1f} docs/s; "
+        f"{summary.steady_docs_per_second:.1f} docs/s after {summary.startup_seconds:.1f} s of start-up), "
         f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done: {summary.output}"
     )

@@ -37,6 +37,7 @@ def fake_runs(sweep, monkeypatch):
     def run(command, check):
         calls.append(command)
         if command[1].endswith("evaluate.py"):
+            Path(command[4]).parent.mkdir(parents=True, exist_ok=True)  # as evaluate.py does
             Path(command[4]).write_text(json.dumps({"name": command[6], "seed": None, "scores": {"f": 0.5}}))
 
     monkeypatch.setattr(sweep.subprocess, "run", run)
@@ -122,3 +123,22 @@ def test_ray_sweep_runs_specs_concurrently_with_the_sequential_results(
         assert all((weights_a[k] == weights_b[k]).all() for k in weights_a)
     causal, unmasked = adapter(tmp_path / "t2" / "0000.seed3"), adapter(tmp_path / "t2" / "0011.seed3")
     assert any((causal[k] != unmasked[k]).any() for k in causal)  # each task trained its own spec
+
+
+def test_command_line_seeds_and_seed(sweep, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    calls = fake_runs(sweep, monkeypatch)
+    app = typer.Typer()
+    app.command()(sweep.main)
+    paths = ["c.cfg", "corpus", str(tmp_path / "t"), str(tmp_path / "m")]
+    result = CliRunner().invoke(app, [*paths, "--specs", "0011", "--base-model", "m", "--seeds", "4,5"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*paths, "--specs", "1111", "--base-model", "m", "--seed", "6"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "m").glob("*.json")) == [
+        "0011.seed4.json",
+        "0011.seed5.json",
+        "1111.seed6.json",
+    ]
+    assert [c[-1] for c in calls if "train" in c] == ["--system.seed=4", "--system.seed=5", "--system.seed=6"]
