@@ -206,6 +206,8 @@ class ShardFolder:
     def open(self, *, key: str, counts: list[int], force: bool, settings: dict[str, Any]) -> list[int]:
         """Start or resume: check that the folder belongs to this run, remove leftover
         temporary files and return the indices of the shards still to write."""
+        if self.path.exists() and not self.path.is_dir():
+            raise AnnotationInputError(f"{self.path} is a file: name a folder, or an output ending in .spacy")
         manifest = self.manifest()
         if self.path.exists() and manifest is None and any(self.path.iterdir()):
             raise AnnotationInputError(

@@ -207,3 +207,6 @@ def test_a_foreign_folder_is_never_written_into(pipeline, corpora, tmp_path):
     with pytest.raises(AnnotationInputError, match="not empty and holds no ray-apply manifest"):
         ray_apply(str(pipeline), corpora[0], tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+    (tmp_path / "out.txt").write_text("mine")
+    with pytest.raises(AnnotationInputError, match=r"out.txt is a file: name a folder, or an output ending in .spacy"):
+        ray_apply(str(pipeline), corpora[0], tmp_path / "out.txt")
