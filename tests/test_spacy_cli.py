@@ -17,9 +17,9 @@ from .pipelines import TRAIN, lora, make_nlp, train
 from .test_configs import CONFIGS, make_corpus, overrides
 
 
-def spacy_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+def spacy_cli(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "spacy", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0 or not check, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -107,9 +107,13 @@ replace_listeners = ["model.tok2vec"]
 
 def test_debug_data_reads_the_shipped_config(trained, tiny_llama_dir):
     _, corpus = trained
-    out = spacy_cli("debug", "data", CONFIGS / "ner.cfg", *overrides(corpus, tiny_llama_dir)).stdout
-    assert "Training stats" in out and f"{2 * len(TRAIN)} training docs" in out
-    assert "New: 'LOC'" in out or "'LOC'" in out
+    # it exits 1 here only for the data's own sake: 8 training docs are too few for spaCy's taste
+    result = spacy_cli("debug", "data", CONFIGS / "ner.cfg", *overrides(corpus, tiny_llama_dir), check=False)
+    out = result.stdout
+    assert "Pipeline can be initialized with data" in out and "Corpus is loadable" in out, out + result.stderr[-2000:]
+    assert "Training pipeline: transformer, ner" in out and f"{2 * len(TRAIN)} training docs" in out
+    assert "Low number of examples to train a new pipeline" in out and "1 error" in out
+    assert "3 label(s)" in out
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.cfg")))
