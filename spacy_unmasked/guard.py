@@ -16,8 +16,7 @@ from torch import nn
 
 from .families import decoder_attentions, find_decoder
 
-_LENGTH = 4  # tokens of a full row
-_REAL = 3  # real tokens of a padded row
+_REAL = 2  # real tokens of every row; padded rows have one padding token more
 _EARLY, _LATER = 0, 1  # a later position within any sliding window
 _CHANGED = 1e-2  # relative change of the early position's output that counts as "sees the later one"
 
@@ -79,9 +78,8 @@ def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> N
 def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded: bool) -> list[tuple[tuple, dict]]:
     """The (args, kwargs) each attention module receives from the decoder, before any hook.
 
-    Every row comes twice (rows 2k and 2k+1 are equal), so that one re-run of an
-    attention module compares a perturbed copy with the original; the padded
-    batch's second pair has two padding positions."""
+    All rows are equal (the padded batch's rows end in one padding token), so that
+    one re-run of an attention module compares perturbed rows with row 0."""
     captured: dict[int, tuple[tuple, dict]] = {}
 
     def capture(index):
@@ -96,10 +94,10 @@ def _attention_inputs(decoder: nn.Module, attentions: list[nn.Module], *, padded
     ]
     embeddings = decoder.get_input_embeddings()
     device = embeddings.weight.device
-    rows = 4 if padded else 2
-    ids = (torch.arange(_LENGTH, device=device) * 7 + 3).repeat(rows, 1) % embeddings.num_embeddings
-    mask = torch.ones(rows, _LENGTH, dtype=torch.long, device=device)
-    mask[2:, _REAL:] = 0
+    rows, length = (3, _REAL + 1) if padded else (2, _REAL)
+    ids = (torch.arange(length, device=device) * 7 + 3).repeat(rows, 1) % embeddings.num_embeddings
+    mask = torch.ones(rows, length, dtype=torch.long, device=device)
+    mask[:, _REAL:] = 0
     try:
         decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
@@ -115,7 +113,7 @@ def _check_layer(
     index: int, attention: nn.Module, args: tuple, kwargs: dict, *, unmasked: bool, padded: bool
 ) -> list[tuple[int, str, str]]:
     """Re-run one attention module (its hooks included) with row 1's later position
-    and row 3's padding perturbed, and compare with the unperturbed copies."""
+    and row 2's padding perturbed, and compare them with row 0."""
     hidden = args[0] if args else kwargs["hidden_states"]
     generator = torch.Generator().manual_seed(index)
     noise = torch.randn(hidden.shape[-1], generator=generator).to(hidden.device, hidden.dtype)
@@ -123,7 +121,7 @@ def _check_layer(
     perturbed = hidden.clone()
     perturbed[1, _LATER] += noise
     if padded:
-        perturbed[3, _REAL:] += noise
+        perturbed[2, _REAL:] += noise
     if args:
         out = attention(perturbed, *args[1:], **kwargs)
     else:
@@ -138,7 +136,7 @@ def _check_layer(
         problems.append((index, name, f"unmasked, but position {_EARLY} does not see position {_LATER} in {batch}"))
     if not unmasked and sees_later:
         problems.append((index, name, f"meant to be causal, but position {_EARLY} sees position {_LATER} in {batch}"))
-    if padded and _changed(out[3, :_REAL], out[2, :_REAL]):
+    if padded and _changed(out[2, :_REAL], out[0, :_REAL]):
         problems.append((index, name, "real positions see padding"))
     return problems
 
