@@ -1,11 +1,23 @@
-"""spacy-unmasked: decoder LLMs with per-layer bidirectional attention for spaCy."""
+"""spacy-unmasked: decoder LLMs with per-layer bidirectional attention for spaCy.
+
+Names that need torch load on first use, so that spaCy's CLI, which imports
+this package for its ``ray-apply`` command, starts without loading torch."""
+
+from importlib import import_module
+from typing import Any
 
 from .about import __version__
 from .errors import BaseModelMismatchError, BaseModelNotFoundError, PipelineFormatError, QuantizationUnavailableError
-from .families import UnsupportedModelError
-from .masking import UnmaskHandle, resolve_layers, unmask
-from .packaging import embed_base
 from .spec import UnmaskSpecError, group_bounds
+
+_LAZY = {
+    "UnmaskHandle": "masking",
+    "resolve_layers": "masking",
+    "unmask": "masking",
+    "embed_base": "packaging",
+    "UnsupportedModelError": "families",
+    "UnmaskingNotEffectiveError": "guard",
+}
 
 __all__ = [
     "BaseModelMismatchError",
@@ -14,6 +26,7 @@ __all__ = [
     "QuantizationUnavailableError",
     "UnmaskHandle",
     "UnmaskSpecError",
+    "UnmaskingNotEffectiveError",
     "UnsupportedModelError",
     "__version__",
     "embed_base",
@@ -21,3 +34,11 @@ __all__ = [
     "resolve_layers",
     "unmask",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,7 +48,10 @@ def build_transformer(
         check_architecture(saved.base, settings.name, config)
     layers = resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
     model = load_base_model(
-        settings, device, config=config, source=str(stored_weights) if stored_weights else None,
+        settings,
+        device,
+        config=config,
+        source=str(stored_weights) if stored_weights else None,
         for_training=saved is None,
     )
     if saved is not None and stored_weights is not None:

@@ -34,6 +34,7 @@ META_KEY = "unmasked"
     default_config={
         "set_extra_annotations": {"@annotation_setters": "spacy-transformers.null_annotation_setter.v1"},
         "max_batch_items": 4096,
+        "merge_lora": True,
     },
 )
 def make_unmasked_transformer(
@@ -42,13 +43,15 @@ def make_unmasked_transformer(
     model: Model[list[Doc], FullTransformerBatch],
     set_extra_annotations: Callable[[list[Doc], FullTransformerBatch], None],
     max_batch_items: int,
+    merge_lora: bool,
 ) -> "UnmaskedTransformer":
     """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer.v1``
-    models that saves its model as a folder of files."""
-    component = UnmaskedTransformer(
-        nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name
-    )
+    models that saves its model as a folder of files. ``merge_lora``: a loaded
+    LoRA pipeline on an unquantized base merges its adapters into the base
+    weights before its first prediction (faster; unmerged again if it trains)."""
+    component = UnmaskedTransformer(nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name)
     component._nlp = weakref.ref(nlp)
+    component._shim.merge_lora = merge_lora
     return component
 
 

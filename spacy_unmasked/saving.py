@@ -232,7 +232,8 @@ def check_saved_settings(saved: TransformerSettings, current: TransformerSetting
         if was != now:
             raise PipelineFormatError(
                 f"The saved transformer was trained with {key} = {_shown(getattr(saved, key))} but the config now "
-                f"says {_shown(getattr(current, key))}: restore the saved value in the config (or train a new pipeline)."
+                f"says {_shown(getattr(current, key))}: restore the saved value in the config "
+                "(or train a new pipeline)."
             )
 
 

@@ -83,7 +83,9 @@ class Training(str, Enum):
     def from_config(cls, *, lora: LoRASettings | None, freeze_base: bool) -> "Training":
         """The mode a config's ``lora`` block and ``freeze_base`` flag ask for."""
         if lora is not None and freeze_base:
-            raise ValueError("freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them.")
+            raise ValueError(
+                "freeze_base = true with a LoRA block trains nothing in the transformer: drop one of them."
+            )
         if lora is not None:
             return cls.LORA
         return cls.FROZEN if freeze_base else cls.FULL
@@ -128,7 +130,9 @@ class TransformerSettings:
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
         if self.torch_dtype not in TORCH_DTYPES:
-            raise ValueError(f"torch_dtype {self.torch_dtype!r} is not supported: use {', '.join(map(repr, TORCH_DTYPES))}.")
+            raise ValueError(
+                f"torch_dtype {self.torch_dtype!r} is not supported: use {', '.join(map(repr, TORCH_DTYPES))}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the settings."""

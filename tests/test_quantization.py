@@ -120,9 +120,19 @@ def test_paper_config_runs_end_to_end_with_spacy_train(tiny_dirs, tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     result = subprocess.run(
         [
-            sys.executable, "-m", "spacy", "train", str(CONFIGS / "paper_ner.cfg"), "--output", str(tmp_path / "out"),
-            f"--paths.train={corpus}", f"--paths.dev={corpus}", f"--paths.base_model={tiny_dirs('mistral')}",
-            "--training.max_steps=4", "--training.eval_frequency=2", "--training.max_epochs=0",
+            sys.executable,
+            "-m",
+            "spacy",
+            "train",
+            str(CONFIGS / "paper_ner.cfg"),
+            "--output",
+            str(tmp_path / "out"),
+            f"--paths.train={corpus}",
+            f"--paths.dev={corpus}",
+            f"--paths.base_model={tiny_dirs('mistral')}",
+            "--training.max_steps=4",
+            "--training.eval_frequency=2",
+            "--training.max_epochs=0",
         ],
         capture_output=True,
         text=True,
@@ -148,15 +158,35 @@ def test_qlora_package_loads_by_name(tiny_dirs, tmp_path):
     expected = [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in nlp.pipe(TEXTS)]
     (tmp_path / "pkg").mkdir()
     subprocess.run(
-        [sys.executable, "-m", "spacy", "package", str(tmp_path / "p"), str(tmp_path / "pkg"), "--build", "wheel",
-         "--force"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "spacy",
+            "package",
+            str(tmp_path / "p"),
+            str(tmp_path / "pkg"),
+            "--build",
+            "wheel",
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
     )
     wheel = next((tmp_path / "pkg").rglob("*.whl"))
     assert wheel.stat().st_size < (base / "model.safetensors").stat().st_size
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
-         str(tmp_path / "site"), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(tmp_path / "site"),
+            str(wheel),
+        ],
         check=True,
     )
     code = (

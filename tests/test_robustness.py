@@ -212,7 +212,9 @@ def test_equivalent_settings_load_and_dotted_lora_targets_work(tiny_llama_dir, t
     nlp.initialize()
     nlp.to_disk(tmp_path / "p")
     same_meaning = {"unmask": "1111", "lora": {"dropout": 0.3}}
-    reloaded = spacy.load(tmp_path / "p", config={"components": {"transformer": {"model": same_meaning}}})
+    reloaded = spacy.load(
+        tmp_path / "p", config={"components": {"transformer": {"model": same_meaning, "merge_lora": False}}}
+    )
     a = nlp("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state
     b = reloaded("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state
     numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -258,8 +260,11 @@ def test_too_old_bitsandbytes_names_the_version_to_install(monkeypatch, device, 
     monkeypatch.setattr(
         importlib.metadata, "version", lambda name: installed if name == "bitsandbytes" else real_version(name)
     )
-    with pytest.raises(QuantizationUnavailableError, match=rf"bitsandbytes {installed} cannot quantize on {device}: "
-                       rf"install bitsandbytes >= {minimum}"):
+    with pytest.raises(
+        QuantizationUnavailableError,
+        match=rf"bitsandbytes {installed} cannot quantize on {device}: "
+        rf"install bitsandbytes >= {minimum}",
+    ):
         bitsandbytes_config(QuantizationSettings(), torch.device(device))
     monkeypatch.undo()
     assert bitsandbytes_config(QuantizationSettings(bits=8), torch.device("cpu")).load_in_8bit
