@@ -64,6 +64,8 @@ def build_transformer(
         model.requires_grad_(False)
     elif settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if settings.quantization is not None:
+        keep_4bit_layout(model)
     if settings.training == Training.LORA:
         model = apply_lora(model, settings.lora, state=saved.adapter if saved is not None else None)
     handle = unmask(model, layers)
@@ -274,6 +276,36 @@ def load_base_model(
         raise
     model.config.use_cache = False
     return model
+
+
+def load_unquantized_base(settings: TransformerSettings, *, source: str | None = None) -> torch.nn.Module:
+    """The base as its checkpoint stores it (its own dtype, no quantization, on
+    CPU), cut to ``num_layers``: what a quantized pipeline embeds, so that it
+    quantizes the same weights again when it loads. ``source``: a folder of
+    weights embedded in a saved pipeline, used instead of ``settings.name``."""
+    if source is None:
+        config = load_base_config(settings)
+        name, extra = _source(settings.name)
+        extra["revision"] = settings.revision
+    else:
+        config, name, extra = AutoConfig.from_pretrained(source), source, {}
+    try:
+        model = AutoModel.from_pretrained(name, config=config, torch_dtype="auto", **extra)
+    except OSError as error:
+        raise _not_found(name, error) from error
+    model.config.use_cache = False
+    return model
+
+
+def keep_4bit_layout(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes 4-bit layers in one layout for good. On CPUs with
+    AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer's weights the first
+    time it runs in eval mode; in that layout its matmul has no backward
+    (gradients stop there without an error), a layer with a bias fails in
+    training, and packing back is not exact. Measured here it was no faster."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def apply_lora(

@@ -63,20 +63,33 @@ def write_transformer(
     settings: TransformerSettings,
     base: dict[str, Any],
     embed_base: bool = False,
+    base_model: torch.nn.Module | None = None,
 ) -> None:
-    """Save a transformer to the folder ``path`` atomically (see module docs)."""
+    """Save a transformer to the folder ``path`` atomically (see module docs).
+    ``base_model``: the weights to embed when ``model`` cannot give them (a
+    quantized base is embedded unquantized)."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.saving-{os.getpid()}")
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        _write_files(staging, model=model, tokenizer=tokenizer, settings=settings, base=base, embed_base=embed_base)
+        _write_files(
+            staging,
+            model=model,
+            tokenizer=tokenizer,
+            settings=settings,
+            base=base,
+            embed_base=embed_base,
+            base_model=base_model,
+        )
         _replace_dir(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_files(path: Path, *, model, tokenizer, settings: TransformerSettings, base: dict, embed_base: bool) -> None:
+def _write_files(
+    path: Path, *, model, tokenizer, settings: TransformerSettings, base: dict, embed_base: bool, base_model
+) -> None:
     tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
     if settings.training == Training.LORA:
         from peft import get_peft_model_state_dict
@@ -85,7 +98,7 @@ def _write_files(path: Path, *, model, tokenizer, settings: TransformerSettings,
         state = get_peft_model_state_dict(model, save_embedding_layers=False)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / ADAPTER_FILE))
     if settings.training == Training.FULL or embed_base:
-        _save_base_weights(model, path / WEIGHTS_DIR)
+        _save_base_weights(base_model if base_model is not None else model, path / WEIGHTS_DIR)
     manifest = {
         "format": FORMAT_VERSION,
         "spacy_unmasked": __version__,
@@ -99,10 +112,7 @@ def _write_files(path: Path, *, model, tokenizer, settings: TransformerSettings,
 def _save_base_weights(model: torch.nn.Module, path: Path) -> None:
     """Save the base decoder (without LoRA layers) as safetensors shards."""
     if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
-        raise ValueError(
-            "A quantized base cannot be stored with the pipeline: load it unquantized "
-            "(quantization = null) to embed it, or keep it referenced by name."
-        )
+        raise ValueError("A quantized base cannot be stored as it is: pass its unquantized weights (base_model).")
     if hasattr(model, "get_base_model"):
         base = model.get_base_model()
         state = {

@@ -44,11 +44,14 @@ def test_qlora_trains_ner_and_spancat_saves_adapter_only_and_reloads(family, qua
     transformer = nlp.get_pipe("transformer").model.transformer
     expected_layer = "Linear4bit" if quantization["bits"] == 4 else "Linear8bitLt"
     assert expected_layer in quantized_layers(transformer)
-    before = {k: v.detach().clone() for k, v in transformer.named_parameters()}
+    # state_dict holds 4-bit weights in bitsandbytes' canonical layout, whatever layout they run in
+    before = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     history = train(nlp, steps=12, optimizer=optimizer)
     assert history[-1]["ner"] < 0.8 * history[0]["ner"]
     assert history[-1]["spancat"] < 0.8 * history[0]["spancat"]
-    for name, value in transformer.named_parameters():
+    after = transformer.state_dict()
+    assert after.keys() == before.keys()
+    for name, value in after.items():
         is_adapter = "lora_A" in name or "lora_B" in name
         assert (not torch.equal(before[name], value.detach())) == is_adapter, name
         if is_adapter:
@@ -203,3 +206,73 @@ def test_qlora_package_loads_by_name(tiny_dirs, tmp_path):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["4bit"]
     assert out["ents"] == [[list(e) for e in doc] for doc in expected]
+
+
+def test_qlora_pipeline_embeds_its_base_unquantized_and_requantizes_it_identically(tiny_dirs, tmp_path):
+    """embed_base on a 4-bit pipeline stores the checkpoint's own weights (not
+    the 4-bit ones); loading quantizes them again to the same weights, so the
+    pipeline predicts bit for bit as before with the original base gone."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spacy_unmasked import embed_base
+
+    base = shutil.copytree(tiny_dirs("qwen2"), tmp_path / "base")
+    nlp = make_nlp(base, lora=lora(r=8), quantization=NF4, components=("ner", "spancat"))
+    train(nlp, steps=8)
+    embed_base(nlp).to_disk(tmp_path / "p")
+    stored = load_file(str(next((tmp_path / "p" / "transformer" / "model" / "weights").glob("*.safetensors"))))
+    original = load_file(str(base / "model.safetensors"))
+    assert stored.keys() == original.keys() and all(torch.equal(stored[k], original[k]) for k in original)
+    shutil.rmtree(base)
+    reloaded = spacy.load(tmp_path / "p")
+    assert "Linear4bit" in quantized_layers(reloaded.get_pipe("transformer").model.transformer)
+    ents_a, scores_a, feats_a = outputs(nlp)
+    ents_b, scores_b, feats_b = outputs(reloaded)
+    assert ents_a == ents_b
+    for a, b in zip(scores_a + feats_a, scores_b + feats_b, strict=True):
+        numpy.testing.assert_array_equal(a, b)
+    reloaded.to_disk(tmp_path / "again")  # re-saving reads the embedded weights, not the deleted base
+    assert load_file(
+        str(next((tmp_path / "again" / "transformer" / "model" / "weights").glob("*.safetensors")))
+    ).keys() == (original.keys())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_predictions_between_updates_leave_4bit_training_unchanged(family, tiny_dirs, tmp_path):
+    """bitsandbytes 0.50 repacks 4-bit weights for inference on AVX512-BF16
+    CPUs, a layout without backward (and a failing bias). A prediction before an
+    update (as spaCy's initialize and evaluation do) must not change what the
+    update computes, also for a loaded pipeline that predicted first."""
+
+    def adapters_after_update(predict_first: bool, path=None):
+        if path is None:
+            nlp = make_nlp(tiny_dirs(family), lora=lora(r=8), quantization=NF4, components=("ner",))
+            optimizer = nlp.initialize(lambda: examples(nlp))
+        else:
+            nlp = spacy.load(path)
+            optimizer = nlp.resume_training()
+        if predict_first:
+            list(nlp.pipe(TEXTS))
+        model = nlp.get_pipe("transformer").model.transformer
+        states = [m.weight.quant_state for m in model.modules() if type(m).__name__ == "Linear4bit"]
+        assert states and not any(getattr(s, "packing_format_for_cpu", False) for s in states)
+        spacy.util.fix_random_seed(0)
+        nlp.update(examples(nlp), sgd=optimizer, drop=0.0)
+        model = nlp.get_pipe("transformer").model.transformer
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    plain, after_predict = adapters_after_update(False), adapters_after_update(True)
+    lowest_lora_a = next(n for n in plain if "layers.0." in n and "lora_A" in n)
+    for name in plain:
+        torch.testing.assert_close(after_predict[name], plain[name], rtol=0, atol=0, msg=name)
+    assert lowest_lora_a  # the lowest layer's adapter gets its gradient through every 4-bit layer above
+
+    nlp = make_nlp(tiny_dirs(family), lora=lora(r=8), quantization=NF4, components=("ner",))
+    train(nlp, steps=2)
+    nlp.to_disk(tmp_path / "p")
+    loaded_plain = adapters_after_update(False, tmp_path / "p")
+    loaded_after_predict = adapters_after_update(True, tmp_path / "p")
+    for name in loaded_plain:
+        torch.testing.assert_close(loaded_after_predict[name], loaded_plain[name], rtol=0, atol=0, msg=name)

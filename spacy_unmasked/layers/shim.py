@@ -10,7 +10,7 @@ import torch
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
 from ..errors import PipelineFormatError
-from ..loading import build_transformer, load_tokenizer
+from ..loading import build_transformer, load_tokenizer, load_unquantized_base
 from ..masking import UnmaskHandle
 from ..saving import check_saved_settings, read_transformer, write_transformer
 from ..settings import Training, TransformerSettings
@@ -33,6 +33,7 @@ class UnmaskedShim(PyTorchShim):
         self.merge_lora = True  # see predict()
         self._mergeable = False
         self._merged = False
+        self._embedded_source: str | None = None
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -60,6 +61,7 @@ class UnmaskedShim(PyTorchShim):
         built = build_transformer(settings, get_torch_default_device())
         self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
         self._model, self.handle, self.base = built.model, built.handle, built.base
+        self._mergeable = False  # a new pipeline is for training: adapters stay separate
 
     def predict(self, inputs):
         """Run the decoder without gradients. A loaded LoRA pipeline on an
@@ -89,8 +91,14 @@ class UnmaskedShim(PyTorchShim):
         """Write the transformer to the folder ``path`` (see ``saving``)."""
         if not self.is_loaded:
             raise ValueError("Cannot save an uninitialized transformer: call nlp.initialize() first.")
+        base_model = None
         if self.embed_base:
             self._unmerge()  # the stored base must not carry the adapters
+            if self.settings.quantization is not None:
+                source = (
+                    self._embedded_source if self._embedded_source and Path(self._embedded_source).is_dir() else None
+                )
+                base_model = load_unquantized_base(self.settings, source=source)
         write_transformer(
             path,
             model=self._model,
@@ -98,6 +106,7 @@ class UnmaskedShim(PyTorchShim):
             settings=self.settings,
             base=self.base,
             embed_base=self.embed_base,
+            base_model=base_model,
         )
 
     def load(self, path: Path) -> None:
@@ -109,6 +118,7 @@ class UnmaskedShim(PyTorchShim):
         self.tokenizer = load_tokenizer(str(saved.tokenizer_dir))
         self._model, self.handle, self.base = built.model, built.handle, built.base
         self.embed_base = saved.embedded_base
+        self._embedded_source = str(saved.weights_dir) if saved.embedded_base else None
         self._mergeable = self.settings.training == Training.LORA and self.settings.quantization is None
 
     def to_bytes(self) -> bytes:
