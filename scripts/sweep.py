@@ -18,9 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import spacy
 import typer
 
 SCRIPTS = Path(__file__).resolve().parent
+
+
+def schedule_overrides(config: str | Path, max_steps: int) -> list[str]:
+    """Keep a decaying learning-rate schedule's total_steps equal to max_steps
+    (the configs hold it as a literal; spaCy cannot resolve a reference there)."""
+    if not Path(config).is_file():
+        return []  # spacy train reports the missing config
+    learn_rate = spacy.util.load_config(config, interpolate=False)["training"]["optimizer"]["learn_rate"]
+    if max_steps > 0 and isinstance(learn_rate, dict) and "total_steps" in learn_rate:
+        return [f"--training.optimizer.learn_rate.total_steps={max_steps}"]
+    return []
 
 
 def expand_specs(specs: str) -> list[str]:
@@ -115,6 +127,7 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         f"--training.max_steps={settings.max_steps}",
         f"--training.eval_frequency={settings.eval_frequency}",
         f"--system.seed={seed}",
+        *schedule_overrides(settings.config, settings.max_steps),
     ]
     evaluate = [
         sys.executable,

@@ -142,3 +142,10 @@ def test_command_line_seeds_and_seed(sweep, tmp_path, monkeypatch):
         "1111.seed6.json",
     ]
     assert [c[-1] for c in calls if "train" in c] == ["--system.seed=4", "--system.seed=5", "--system.seed=6"]
+
+
+def test_schedule_total_steps_follows_max_steps(sweep):
+    configs = Path(__file__).parent.parent / "configs"
+    assert sweep.schedule_overrides(configs / "ner.cfg", 150) == ["--training.optimizer.learn_rate.total_steps=150"]
+    assert sweep.schedule_overrides(configs / "ner.cfg", 0) == []  # epochs: the config's own value stays
+    assert sweep.schedule_overrides(configs / "paper_ner.cfg", 150) == []  # a constant learning rate
