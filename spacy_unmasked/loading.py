@@ -260,6 +260,12 @@ def load_base_model(
     if source is None:
         kwargs["revision"] = settings.revision
     if settings.quantization is not None:
+        if "gguf_file" in extra:
+            raise ValueError(
+                f"{name}/{extra['gguf_file']} is a GGUF file, which transformers cannot quantize with bitsandbytes: "
+                "save it as a Hugging Face folder first (AutoModel.from_pretrained(folder, gguf_file=...)"
+                ".save_pretrained(out), or scripts/convert_gguf.py) and use that folder as the name."
+            )
         kwargs["quantization_config"] = bitsandbytes_config(settings.quantization, device)
     if device.type != "cpu" or settings.quantization is not None:
         kwargs["device_map"] = {"": device}  # load straight onto the device, no host copy
