@@ -30,6 +30,11 @@ TASKS = {
         "XML to one token and its BIO aspect tag per line (blank line between sentences) as train.txt, dev.txt "
         "and test.txt.",
     ),
+    "bio": (
+        ("train.txt", "dev.txt", "test.txt"),
+        "Any span-labelling data as one token and its BIO tag per line (blank line between sentences) in "
+        "train.txt, dev.txt and test.txt; `spacy project run paper-standin` writes the WNUT-16 split so.",
+    ),
 }
 
 
