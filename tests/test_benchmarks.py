@@ -5,7 +5,83 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.tiny import save_tiny_pretrained
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The tiny random Llama that bench.py's 'tiny' model is (4 layers)."""
+    return save_tiny_pretrained(tmp_path_factory.mktemp("bench") / "tiny", "llama", num_hidden_layers=4)
+
+
+def run_bench(*arguments) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench.py"), *map(str, arguments)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def precision_results(tiny_folder, tmp_path_factory) -> dict:
+    """The precision plan's smoke run (every case, once, in one process)."""
+    output = tmp_path_factory.mktemp("bench") / "precision.json"
+    run_bench("--model", tiny_folder, "--plan", "precision", "--smoke", "--output", output)
+    return json.loads(output.read_text())
+
+
+def test_precision_plan_smoke_measures_every_case(precision_results):
+    results = precision_results
+    rows = results["rows"]
+    expected = {
+        "infer float32, unmerged (before)": ("float32", None, False),
+        "infer float32, merged": ("float32", None, True),
+        "infer bfloat16, unmerged": ("bfloat16", None, False),
+        "infer bfloat16, merged": ("bfloat16", None, True),
+        "infer nf4": ("bfloat16", "4-bit", False),
+        "infer int8": ("bfloat16", "8-bit", False),
+    }
+    for label, (dtype, quantized, merged) in expected.items():
+        row = rows[label]
+        assert (row["dtype"], row["quantized"], row["merged"]) == (dtype, quantized, merged), label
+        assert row["words_per_second"] > 0 and row["peak_mb"] > 0 and row["base_mb"] > 0, label
+    for precision, dtype, quantized in (
+        ("float32", "float32", None),
+        ("bfloat16", "bfloat16", None),
+        ("nf4", "bfloat16", "4-bit"),
+        ("int8", "bfloat16", "8-bit"),
+    ):
+        row = rows[f"train LoRA {precision}"]
+        assert (row["dtype"], row["quantized"]) == (dtype, quantized), precision
+        assert row["seconds_per_update"] > 0 and row["peak_mb"] > 0 and row["finite_loss"] is True, precision
+    assert rows["infer float32, unmerged (before)"]["speedup_vs_float32"] == 1.0
+    targets = results["targets"]
+    assert targets["default_inference_speedup (>= 1.8)"] == rows["infer bfloat16, merged"]["speedup_vs_float32"]
+    assert 0 < targets["nf4_model_memory_vs_float32 (<= 0.25)"] < 1
+    assert len(results["load_average"]) == 2 and results["settings"]["torch_threads"] == 1
+
+
+def test_model_memory_counts_parameters_and_buffers(precision_results, tiny_folder):
+    """Unquantized model memory equals transformers' own footprint of the stock
+    model in that dtype; quantized bases are smaller still."""
+    import torch
+    import transformers
+
+    memory = precision_results["model_memory"]
+    for dtype in ("float32", "bfloat16"):
+        stock = transformers.AutoModel.from_pretrained(str(tiny_folder), torch_dtype=getattr(torch, dtype))
+        assert memory[f"{dtype}_mb"] * 2**20 == stock.get_memory_footprint(), dtype
+    assert memory["nf4_mb"] < memory["int8_mb"] < memory["bfloat16_mb"]
+
+
+def test_a_case_runs_in_its_own_process_and_prints_one_json_row(tiny_folder):
+    result = run_bench("--case", "train", "--lora", "--precision", "nf4", "--smoke", "--model", tiny_folder)
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["quantized"] == "4-bit" and row["seconds_per_update"] > 0 and row["finite_loss"] is True
 
 
 def test_gpu_check_smoke_runs_on_cpu():
@@ -16,6 +92,7 @@ def test_gpu_check_smoke_runs_on_cpu():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["semantics_pass"] is True and row["loss_falls"] is True
     assert row["lora_dtype"] == "torch.float32" and row["finite_features"] is True
     assert row["seconds_per_update"] > 0 and row["words_per_second"] > 0
 
