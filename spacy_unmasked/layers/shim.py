@@ -66,7 +66,7 @@ class UnmaskedShim(PyTorchShim):
     def predict(self, inputs):
         """Run the decoder without gradients. A loaded LoRA pipeline on an
         unquantized base first merges its adapters into the base weights once
-        (1.6x faster in bfloat16 on CPU); saved files stay adapter-only. Set
+        (1.28x faster inference in bfloat16 on CPU, benchmarks/bench.py); saved files stay adapter-only. Set
         ``merge_lora = false`` on the component to keep them separate."""
         if self._mergeable and self.merge_lora and not self._merged:
             self._model.merge_adapter()
