@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from .errors import BaseModelNotFoundError, QuantizationUnavailableError
 from .families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family
+from .guard import verify_unmasking
 from .masking import UnmaskHandle, unmask
 from .saving import SavedTransformer, base_identity, check_adapter, check_architecture, check_weights
 from .settings import LoRASettings, QuantizationSettings, Training, TransformerSettings
@@ -69,17 +70,8 @@ def build_transformer(
     if settings.training == Training.LORA:
         model = apply_lora(model, settings.lora, state=saved.adapter if saved is not None else None)
     handle = unmask(model, layers)
-    _verify(model, handle)
+    verify_unmasking(model, handle.layers)  # one tiny forward pass: did unmasking take effect?
     return BuiltTransformer(model=model, handle=handle, base=base)
-
-
-def _verify(model: torch.nn.Module, handle: UnmaskHandle) -> None:
-    """Check in one tiny forward pass that the unmasked layers attend both ways."""
-    try:
-        from .guard import verify_unmasking
-    except ImportError:  # pragma: no cover - the guard module is part of the package
-        return
-    verify_unmasking(model, handle.layers)
 
 
 # Config and tokenizer -------------------------------------------------------

@@ -23,6 +23,7 @@ from .about import __version__
 from .errors import BaseModelMismatchError, PipelineFormatError
 from .families import find_decoder
 from .settings import Training, TransformerSettings
+from .spec import resolve_spec
 
 FORMAT_VERSION = 2
 MANIFEST = "unmasked.json"
@@ -230,8 +231,6 @@ def _read_adapter(adapter_path: Path) -> dict[str, torch.Tensor]:
 
 def check_saved_settings(saved: TransformerSettings, current: TransformerSettings, num_layers: int) -> None:
     """Refuse a config whose settings would give the saved weights another meaning."""
-    from .spec import resolve_spec
-
     comparisons = {
         "unmask": (resolve_spec(saved.unmask, num_layers), resolve_spec(current.unmask, num_layers)),
         "lora": (saved.lora and saved.lora.shape, current.lora and current.lora.shape),

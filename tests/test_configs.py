@@ -65,32 +65,28 @@ def test_config_is_valid(config, corpus, tiny_llama_dir):
     assert "Config is valid" in result.stdout
 
 
+def spacy_train(config: Path, output: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `spacy train CONFIG --output OUTPUT ARGS...` in a subprocess and check that it succeeded."""
+    command = [sys.executable, "-m", "spacy", "train", str(config), "--output", str(output), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.parametrize("config,check", [("ner.cfg", "ents_f"), ("spancat.cfg", "spans_sc_f")])
 def test_spacy_train_runs(config, check, corpus, tiny_llama_dir, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spacy",
-            "train",
-            str(CONFIGS / config),
-            "--output",
-            str(tmp_path),
-            *overrides(corpus, tiny_llama_dir),
-            "--training.max_steps=6",
-            "--training.eval_frequency=3",
-            "--components.transformer.model.attn_implementation=eager",
-        ],
-        capture_output=True,
-        text=True,
+    result = spacy_train(
+        CONFIGS / config,
+        tmp_path,
+        *overrides(corpus, tiny_llama_dir),
+        "--training.max_steps=6",
+        "--training.eval_frequency=3",
+        "--components.transformer.model.attn_implementation=eager",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # the table's rows: epoch, step, transformer loss, component loss, scores...; the transformer
     # receives a gradient (its loss column is not zero) at both evaluations
-    rows = [
-        line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["0"] or line[:3].strip().isdigit()
-    ]
-    rows = [row for row in rows if len(row) >= 4 and row[1].isdigit()]
+    rows = [row for row in map(str.split, result.stdout.splitlines()) if len(row) >= 4 and row[0].isdigit()]
+    rows = [row for row in rows if row[1].isdigit()]
     assert [int(row[1]) for row in rows] == [0, 3, 6], result.stdout[-2000:]
     assert all(float(row[2]) > 0 for row in rows[1:]), rows
     nlp = spacy.load(tmp_path / "model-last")

@@ -118,29 +118,19 @@ def test_unmasking_semantics_hold_on_quantized_models(family, bits, tiny_dirs):
 def test_paper_config_runs_end_to_end_with_spacy_train(tiny_dirs, tmp_path):
     """configs/paper_ner.cfg as shipped (NF4, double quant, LoRA r=64 alpha 16
     dropout 0.1 on q/v, lr 2e-4, batch 16) trains on CPU, then loads and predicts."""
-    from .test_configs import CONFIGS, make_corpus
+    from .test_configs import CONFIGS, make_corpus, spacy_train
 
     corpus = make_corpus(tmp_path / "corpus")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spacy",
-            "train",
-            str(CONFIGS / "paper_ner.cfg"),
-            "--output",
-            str(tmp_path / "out"),
-            f"--paths.train={corpus}",
-            f"--paths.dev={corpus}",
-            f"--paths.base_model={tiny_dirs('mistral')}",
-            "--training.max_steps=4",
-            "--training.eval_frequency=2",
-            "--training.max_epochs=0",
-        ],
-        capture_output=True,
-        text=True,
+    spacy_train(
+        CONFIGS / "paper_ner.cfg",
+        tmp_path / "out",
+        f"--paths.train={corpus}",
+        f"--paths.dev={corpus}",
+        f"--paths.base_model={tiny_dirs('mistral')}",
+        "--training.max_steps=4",
+        "--training.eval_frequency=2",
+        "--training.max_epochs=0",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     nlp = spacy.load(tmp_path / "out" / "model-last")
     meta = nlp.meta["unmasked"]
     assert meta["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
