@@ -164,7 +164,7 @@ def device_of(model) -> str:
 def model_path(name: str) -> str:
     if name != "tiny":
         return name
-    from tests.tiny import save_tiny_pretrained
+    from tests.helpers import save_tiny_pretrained
 
     folder = Path(tempfile.mkdtemp()) / "tiny"
     save_tiny_pretrained(folder, "llama", num_hidden_layers=4)
@@ -172,9 +172,9 @@ def model_path(name: str) -> str:
 
 
 def build_nlp(args, *, lora: bool, **settings):
-    """A transformer + ner pipeline (spacy_unmasked.testing.make_nlp) with the
+    """A transformer + ner pipeline (tests.helpers.make_nlp) with the
     base at ``args.precision`` and, if asked, LoRA r=8 on q/k/v/o."""
-    from spacy_unmasked.testing import make_nlp
+    from tests.helpers import make_nlp
 
     settings = {
         "unmask": args.unmask,
@@ -466,7 +466,7 @@ def run_precision(args, results: dict) -> None:
     times, interleaved, recording the load average before each round."""
     import torch
 
-    from spacy_unmasked.loading import native_bfloat16
+    from spacy_unmasked.hub import native_bfloat16
 
     results["settings"] = {
         "num_layers": args.num_layers,

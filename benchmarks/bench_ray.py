@@ -48,10 +48,10 @@ def build_pipeline(model: str, folder: Path) -> Path:
     """An initialized ner pipeline on ``model`` ("tiny": a tiny random Llama built here)."""
     import spacy
 
-    from tests.pipelines import examples, make_nlp
+    from tests.helpers import examples, make_nlp
 
     if model == "tiny":
-        from tests.tiny import save_tiny_pretrained
+        from tests.helpers import save_tiny_pretrained
 
         nlp = make_nlp(save_tiny_pretrained(folder / "tiny-llama", "llama"))
     else:

@@ -2,7 +2,7 @@
 steps through a spaCy pipeline, bf16 and NF4 inference, flash-attention 2.
 
 Models are random-weight decoders built on the machine from a config (no hub),
-with the tiny BPE tokenizer of tests/tiny.py, saved to a local folder and loaded
+with the tiny BPE tokenizer of tests/helpers.py, saved to a local folder and loaded
 through the pipeline's own loading path (configs/paper_ner.cfg with ``name`` set
 to that folder):
 
@@ -180,7 +180,7 @@ def build_model_folder(shape: str, device: str) -> dict:
     import torch
     import transformers
 
-    from tests.tiny import tiny_tokenizer
+    from tests.helpers import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     config = model_config(shape, tokenizer)
@@ -720,7 +720,7 @@ def main() -> None:
         return value
 
     print(json.dumps(results["environment"]), flush=True)
-    from tests.tiny import tiny_tokenizer
+    from tests.helpers import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     folder = None

@@ -7,22 +7,32 @@ from importlib import import_module
 from typing import Any
 
 from .about import __version__
-from .errors import BaseModelMismatchError, BaseModelNotFoundError, PipelineFormatError, QuantizationUnavailableError
-from .spec import UnmaskSpecError, group_bounds
+from .errors import (
+    AnnotationInputError,
+    BaseModelMismatchError,
+    BaseModelNotFoundError,
+    PipelineFormatError,
+    PipelineLoadError,
+    QuantizationUnavailableError,
+    UnmaskingNotEffectiveError,
+    UnmaskSpecError,
+    UnsupportedModelError,
+)
+from .spec import group_bounds
 
 _LAZY = {
     "UnmaskHandle": "masking",
     "resolve_layers": "masking",
     "unmask": "masking",
     "embed_base": "packaging",
-    "UnsupportedModelError": "families",
-    "UnmaskingNotEffectiveError": "guard",
 }
 
 __all__ = [
+    "AnnotationInputError",
     "BaseModelMismatchError",
     "BaseModelNotFoundError",
     "PipelineFormatError",
+    "PipelineLoadError",
     "QuantizationUnavailableError",
     "UnmaskHandle",
     "UnmaskSpecError",

@@ -3,7 +3,9 @@
 Each token maps to exactly the pieces that overlap its characters. A spaCy
 token never includes the whitespace after it, so a byte-level piece such as
 ``ĠInc`` (which carries the space before ``Inc``) aligns to ``Inc`` only and
-never leaks into the previous token.
+never leaks into the previous token. A piece that covers only whitespace
+between tokens (the second space of ``"Hello  world"``) aligns to the token
+before it, as in spacy-transformers.
 """
 
 from collections.abc import Sequence
@@ -27,6 +29,10 @@ def align_span(span: Span, piece_offsets: numpy.ndarray) -> list[numpy.ndarray]:
         return [numpy.zeros((0,), dtype="i") for _ in range(len(span))]
     p_start, p_end = piece_offsets[:, 0], piece_offsets[:, 1]
     overlaps = (p_start[None, :] < ends[:, None]) & (p_end[None, :] > starts[:, None]) & (p_end > p_start)[None, :]
+    whitespace = (p_end > p_start) & ~overlaps.any(axis=0)
+    if whitespace.any():  # give each such piece to the last token that starts before it
+        before = numpy.searchsorted(starts, p_start[whitespace], side="right") - 1
+        overlaps[numpy.maximum(before, 0), numpy.flatnonzero(whitespace)] = True
     aligned = []
     for row, token_start in zip(overlaps, starts, strict=False):
         found = numpy.flatnonzero(row).astype("i")
@@ -37,12 +43,12 @@ def align_span(span: Span, piece_offsets: numpy.ndarray) -> list[numpy.ndarray]:
 
 
 def build_alignment(
-    spans: Sequence[Span], per_span: Sequence[list[numpy.ndarray]], *, width: int, first_piece: int
+    spans: Sequence[Span], per_span: Sequence[list[numpy.ndarray]], *, width: int, first_pieces: Sequence[int]
 ) -> Ragged:
     """Merge per-span alignments into one ragged array over the padded batch.
 
     Tokens are numbered doc by doc, in the order their docs appear in
-    ``spans``; piece ``j`` of row ``r`` is ``r * width + first_piece + j``.
+    ``spans``; piece ``j`` of row ``r`` is ``r * width + first_pieces[r] + j``.
     Tokens covered by several (overlapping) spans collect the pieces of all.
     """
     doc_offsets = {}
@@ -56,7 +62,7 @@ def build_alignment(
         first_token = doc_offsets[id(span.doc)] + span.start
         for i, pieces in enumerate(aligned):
             token_ids.append(numpy.full(pieces.shape, first_token + i, dtype="i"))
-            piece_ids.append(pieces + row * width + first_piece)
+            piece_ids.append(pieces + row * width + first_pieces[row])
     if not token_ids:
         return Ragged(numpy.zeros((0,), dtype="i"), numpy.zeros((num_tokens,), dtype="i"))
     pairs = numpy.unique(numpy.stack([numpy.concatenate(token_ids), numpy.concatenate(piece_ids)], axis=1), axis=0)

@@ -1,6 +1,16 @@
-"""Error classes of spacy-unmasked that belong to no single module.
+"""Every error class of spacy-unmasked, each exported from the package root too."""
 
-Every error class is exported from the package root as well."""
+
+class UnmaskSpecError(ValueError):
+    """An unmask spec that cannot be applied to a model."""
+
+
+class UnsupportedModelError(ValueError):
+    """A model, family or attention backend that cannot be unmasked."""
+
+
+class UnmaskingNotEffectiveError(RuntimeError):
+    """The installed transformers builds attention masks in a way unmasking does not reach."""
 
 
 class BaseModelNotFoundError(OSError):
@@ -17,3 +27,11 @@ class PipelineFormatError(ValueError):
 
 class QuantizationUnavailableError(ImportError):
     """bitsandbytes is missing or too old for the device the model runs on."""
+
+
+class AnnotationInputError(ValueError):
+    """An input file or record that cannot be annotated (``spacy ray-apply``, ``spacy ray-serve``)."""
+
+
+class PipelineLoadError(RuntimeError):
+    """A pipeline could not be loaded on a Ray worker."""

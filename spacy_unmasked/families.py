@@ -16,6 +16,8 @@ import inspect
 import torch
 from torch import nn
 
+from .errors import UnsupportedModelError
+
 # The model types the test suite builds and checks against an independent oracle
 # (tests/test_families.py), for error messages and documentation. Other model types
 # of the same structure are accepted too.
@@ -60,10 +62,6 @@ SUPPORTED_BACKENDS = ("eager", "sdpa", "flash_attention_2")
 # have is_causal False).
 HANDLE_ATTR = "_spacy_unmasked_handle"
 _SKELETON_LAYERS = 4
-
-
-class UnsupportedModelError(ValueError):
-    """A model, family or attention backend that cannot be unmasked."""
 
 
 def _families_hint() -> str:
@@ -153,19 +151,6 @@ def decoder_attentions(decoder: nn.Module) -> list[nn.Module]:
             raise UnsupportedModelError(f"{problem}. " + _families_hint())
         attentions.append(attention)
     return attentions
-
-
-def sliding_window(attention: nn.Module) -> int | None:
-    """The sliding window of one attention module, or None for full attention.
-
-    Informational: unmasking keeps whatever window the model's own mask applies,
-    mirrored to both sides, so it does not depend on this value."""
-    if hasattr(attention, "sliding_window"):  # per layer: qwen2, qwen3, gemma2/3, cohere2, smollm3
-        return attention.sliding_window
-    config = getattr(attention, "config", None)
-    if config is None or getattr(config, "use_sliding_window", True) is False:
-        return None
-    return getattr(config, "sliding_window", None)  # one global window: mistral, mixtral, phi3, starcoder2
 
 
 def _find_stack(model: nn.Module) -> nn.Module:

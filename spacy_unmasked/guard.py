@@ -14,15 +14,12 @@ import importlib.metadata
 import torch
 from torch import nn
 
+from .errors import UnmaskingNotEffectiveError
 from .families import decoder_attentions, find_decoder
 
 _REAL = 2  # real tokens of every row; padded rows have one padding token more
 _EARLY, _LATER = 0, 1  # a later position within any sliding window
 _CHANGED = 1e-2  # relative change of the early position's output that counts as "sees the later one"
-
-
-class UnmaskingNotEffectiveError(RuntimeError):
-    """The installed transformers builds attention masks in a way unmasking does not reach."""
 
 
 def supported_transformers() -> str:
@@ -40,7 +37,9 @@ def supported_transformers() -> str:
     return "the range in spacy-unmasked's pyproject.toml"
 
 
-def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> None:
+def verify_unmasking(
+    model: nn.Module, layers: list[int] | tuple[int, ...], *, decoder: nn.Module | None = None
+) -> None:
     """Check in a tiny forward pass that the layers in ``layers`` let an early
     position see a later one, that every other layer does not, and that no layer
     lets a real position see padding.
@@ -48,9 +47,10 @@ def verify_unmasking(model: nn.Module, layers: list[int] | tuple[int, ...]) -> N
     ``model`` is a bare, causal-LM or peft-wrapped decoder (quantized or on any
     device) after :func:`spacy_unmasked.unmask`. Training flags are restored.
     Raises :class:`UnmaskingNotEffectiveError` naming the failing layers and the
-    supported transformers range.
+    supported transformers range. ``decoder``: the model's decoder stack, when
+    the caller has found it already.
     """
-    decoder = find_decoder(model)
+    decoder = find_decoder(model) if decoder is None else decoder
     attentions = decoder_attentions(decoder)
     unmasked = set(layers)
     bad = sorted(index for index in unmasked if not 0 <= index < len(attentions))

@@ -18,7 +18,6 @@ from torch import nn
 from .families import HANDLE_ATTR, check_backend, decoder_attentions, find_decoder
 from .spec import UnmaskSpec, resolve_spec
 
-_HANDLE_ATTR = HANDLE_ATTR
 _CACHE_SIZE = 8
 
 
@@ -40,7 +39,7 @@ class UnmaskHandle:
             self._was_causal[index] = attention.is_causal
             attention.is_causal = False
             self._hooks.append(attention.register_forward_pre_hook(self._swap_mask, with_kwargs=True))
-        setattr(self._decoder, _HANDLE_ATTR, self)
+        setattr(self._decoder, HANDLE_ATTR, self)
 
     def _swap_mask(self, module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -80,8 +79,8 @@ class UnmaskHandle:
         for index, was_causal in self._was_causal.items():
             attentions[index].is_causal = was_causal
         self._hooks, self._was_causal, self._cache = [], {}, {}
-        if getattr(self._decoder, _HANDLE_ATTR, None) is self:
-            delattr(self._decoder, _HANDLE_ATTR)
+        if getattr(self._decoder, HANDLE_ATTR, None) is self:
+            delattr(self._decoder, HANDLE_ATTR)
 
     def __repr__(self) -> str:
         return f"UnmaskHandle(layers={list(self.layers)})"
@@ -145,11 +144,17 @@ def unmask(model: nn.Module, spec: UnmaskSpec) -> UnmaskHandle:
     restores the stock model exactly.
     """
     decoder = find_decoder(model)
-    if getattr(decoder, _HANDLE_ATTR, None) is not None:
+    return unmask_decoder(decoder, resolve_spec(spec, len(decoder.layers)))
+
+
+def unmask_decoder(decoder: nn.Module, layers: list[int]) -> UnmaskHandle:
+    """:func:`unmask` for a decoder stack already found (``find_decoder``) and
+    layer indices already resolved (``resolve_spec``)."""
+    if getattr(decoder, HANDLE_ATTR, None) is not None:
         raise ValueError(
             "This model is already unmasked: call remove() on the handle that unmask() "
             "returned before applying another spec."
         )
-    handle = UnmaskHandle(decoder, resolve_spec(spec, len(decoder.layers)))
+    handle = UnmaskHandle(decoder, layers)
     handle._install()
     return handle

@@ -1,4 +1,9 @@
-"""Docs → right-padded piece batches, with spans split to fit ``max_length``."""
+"""Docs → right-padded piece batches, with spans split to fit ``max_length``.
+
+With sequence repetition (``repeat = r``) each row holds BOS and then the
+span's pieces r + 1 times in a row; tokens align to the pieces of the last
+copy, which have seen the whole span once already, even through causal layers.
+"""
 
 from dataclasses import dataclass
 
@@ -21,26 +26,37 @@ class EncodedBatch:
     align: Ragged
 
 
-def encode_spans(tokenizer, nested_spans: list[list[Span]], *, max_length: int, add_bos: bool) -> EncodedBatch:
+def encode_spans(
+    tokenizer, nested_spans: list[list[Span]], *, max_length: int, add_bos: bool, repeat: int = 0
+) -> EncodedBatch:
     """Tokenize spans without the tokenizer's own special tokens, prepend BOS
-    if asked, split any span whose pieces exceed ``max_length`` so that every
-    token is covered, right-pad and align pieces to tokens."""
+    if asked, split any span whose pieces (times ``repeat + 1``) exceed
+    ``max_length`` so that every token is covered, repeat the pieces, right-pad
+    and align the pieces of the last copy to tokens."""
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    copies = repeat + 1
+    budget = (max_length - len(bos)) // copies
+    if budget < 1:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for {copies} copies of a span's pieces (repeat={repeat}): "
+            f"raise max_length to at least {len(bos) + copies}, or lower repeat."
+        )
     kept = [[span for span in doc_spans if len(span)] for doc_spans in nested_spans]
-    fitted = iter(_fit(tokenizer, [span for doc_spans in kept for span in doc_spans], max_length - len(bos)))
+    fitted = iter(_fit(tokenizer, [span for doc_spans in kept for span in doc_spans], budget))
     spans_out: list[list[Span]] = []
     rows: list[Row] = []
     for doc_spans in kept:
         doc_rows = [row for _ in doc_spans for row in next(fitted)]
         spans_out.append([span for span, _, _ in doc_rows])
         rows.extend(doc_rows)
-    width = max((len(ids) for _, ids, _ in rows), default=0) + len(bos)
+    width = max((len(ids) for _, ids, _ in rows), default=0) * copies + len(bos)
     input_ids = numpy.full((len(rows), width), tokenizer.pad_token_id, dtype="int64")
     attention_mask = numpy.zeros((len(rows), width), dtype="float32")
-    strings, lengths, per_span = [], [], []
+    strings, lengths, per_span, first_pieces = [], [], [], []
     for row, (span, ids, offsets) in enumerate(rows):
-        length = len(bos) + len(ids)
-        input_ids[row, :length] = bos + ids
+        length = len(bos) + len(ids) * copies
+        input_ids[row, :length] = bos + ids * copies
+        first_pieces.append(len(bos) + len(ids) * repeat)
         attention_mask[row, :length] = 1.0
         lengths.append(length)
         strings.append(tokenizer.convert_ids_to_tokens(input_ids[row, :length].tolist()))
@@ -52,8 +68,36 @@ def encode_spans(tokenizer, nested_spans: list[list[Span]], *, max_length: int, 
         lengths=lengths,
         token_type_ids=None,
     )
-    align = build_alignment([span for span, _, _ in rows], per_span, width=width, first_piece=len(bos))
+    align = build_alignment([span for span, _, _ in rows], per_span, width=width, first_pieces=first_pieces)
     return EncodedBatch(spans=spans_out, wordpieces=wordpieces, align=align)
+
+
+def piece_offsets(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Character offsets of the pieces ``ids`` of ``text``, for slow (Python)
+    tokenizers, which give none: each piece's text, without surrounding
+    whitespace and partial characters, is found in ``text`` after the previous
+    piece (ignoring case); a piece of only whitespace covers the whitespace at
+    the current position. A piece that cannot be found (a normalized form, a
+    piece of a multi-byte character) gets an empty span there."""
+    lowered = text.lower()
+    offsets, cursor = [], 0
+    for piece in tokenizer.convert_ids_to_tokens(ids):
+        raw = tokenizer.convert_tokens_to_string([piece]).lower()
+        surface = raw.replace("\ufffd", "").strip()
+        if not surface:
+            width = len(raw) if raw and lowered[cursor : cursor + len(raw)].isspace() else 0
+            offsets.append((cursor, cursor + width))
+            cursor += width
+            continue
+        found = lowered.find(surface, cursor)
+        if found < 0 or lowered[cursor:found].strip():  # not found, or text would be skipped
+            offsets.append((cursor, cursor))
+            continue
+        lead = len(raw) - len(raw.lstrip())  # a leading space the piece carries, counted as fast tokenizers do
+        start = found - lead if lead and found - lead >= cursor and lowered[found - lead : found].isspace() else found
+        cursor = found + len(surface)
+        offsets.append((start, cursor))
+    return offsets
 
 
 def _fit(tokenizer, spans: list[Span], budget: int) -> list[list[Row]]:
@@ -64,12 +108,14 @@ def _fit(tokenizer, spans: list[Span], budget: int) -> list[list[Row]]:
     that no row is all padding."""
     if not spans:
         return []
-    encoded = tokenizer(
-        [span.text for span in spans],
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-    )
+    texts = [span.text for span in spans]
+    if tokenizer.is_fast:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    else:
+        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+        encoded["offset_mapping"] = [
+            piece_offsets(tokenizer, text, ids) for text, ids in zip(texts, encoded["input_ids"], strict=True)
+        ]
     fitted = []
     for span, ids, offsets in zip(spans, encoded["input_ids"], encoded["offset_mapping"], strict=True):
         if not ids:

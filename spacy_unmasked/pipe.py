@@ -45,13 +45,13 @@ def make_unmasked_transformer(
     max_batch_items: int,
     merge_lora: bool,
 ) -> "UnmaskedTransformer":
-    """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer.v1``
+    """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer`` (v1, v2)
     models that saves its model as a folder of files. ``merge_lora``: a loaded
     LoRA pipeline on an unquantized base merges its adapters into the base
     weights before its first prediction (faster; unmerged again if it trains)."""
     component = UnmaskedTransformer(nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name)
     component._nlp = weakref.ref(nlp)
-    component._shim.merge_lora = merge_lora
+    component._shim.merge.enabled = merge_lora
     return component
 
 
@@ -90,11 +90,18 @@ class UnmaskedTransformer(Transformer):
         return shim
 
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = tuple()) -> None:
-        """Save cfg, vocab and the model folder."""
+        """Save cfg, vocab and the model folder (empty before ``nlp.initialize()``)."""
+
+        def save_model(p: Path) -> None:
+            if self._shim.is_loaded:
+                self._shim.save(p)
+            else:
+                Path(p).mkdir(parents=True, exist_ok=True)
+
         serialize = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),
             "vocab": lambda p: self.vocab.to_disk(p),
-            "model": lambda p: self._shim.save(p),
+            "model": save_model,
         }
         util.to_disk(path, serialize, exclude)
 
@@ -102,6 +109,8 @@ class UnmaskedTransformer(Transformer):
         """Load cfg, vocab and the model folder (loading the base model)."""
 
         def load_model(p: Path) -> None:
+            if Path(p).is_dir() and not any(Path(p).iterdir()):
+                return  # saved before nlp.initialize(): stays uninitialized
             self._shim.load(p)
             self.model.set_dim("nO", self._shim.hidden_size)
             self._describe(loaded=True)

@@ -109,6 +109,7 @@ class TransformerSettings:
     add_bos: bool
     tokenizer_config: dict[str, Any]
     transformer_config: dict[str, Any]
+    repeat: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "training", Training(self.training))
@@ -127,8 +128,15 @@ class TransformerSettings:
                 f"Attention backend {self.attn_implementation!r} is not supported. Supported backends: "
                 f"{', '.join(SUPPORTED_BACKENDS)}."
             )
-        if self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length} must be at least 2 pieces.")
+        if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 0:
+            raise ValueError(
+                f"repeat={self.repeat!r} must be a whole number of extra copies: 0 (no repetition), 1, 2, ..."
+            )
+        if self.max_length < 2 + self.repeat:
+            raise ValueError(
+                f"max_length={self.max_length} must be at least {2 + self.repeat} pieces "
+                f"(BOS and {self.repeat + 1} copies of one piece)."
+            )
         if self.torch_dtype not in TORCH_DTYPES:
             raise ValueError(
                 f"torch_dtype {self.torch_dtype!r} is not supported: use {', '.join(map(repr, TORCH_DTYPES))}."

@@ -16,11 +16,9 @@ A spec is one of:
 
 from collections.abc import Sequence
 
+from .errors import UnmaskSpecError
+
 UnmaskSpec = str | Sequence[int]
-
-
-class UnmaskSpecError(ValueError):
-    """An unmask spec that cannot be applied to a model."""
 
 
 def group_bounds(num_layers: int, num_groups: int) -> list[tuple[int, int]]:

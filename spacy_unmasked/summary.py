@@ -12,6 +12,7 @@ def describe(shim: UnmaskedShim) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "base": {"name": settings.name, "revision": settings.revision},
         "unmask": settings.unmask,
+        "repeat": settings.repeat,
         "layers": None,
         "num_layers": None,
         "training": settings.training.value,
@@ -40,6 +41,8 @@ def one_line(summary: dict[str, Any]) -> str:
         f"unmasked transformer on {base['name']!r}{revision} ({summary['num_layers']} layers)",
         f"bidirectional layers {_ranges(layers) or 'none'} (unmask {summary['unmask']!r})",
     ]
+    if summary.get("repeat"):
+        parts.append(f"input repeated {summary['repeat']}x")
     lora = summary.get("lora")
     if lora:
         parts.append(f"LoRA r={lora['r']} alpha={lora['alpha']} on {','.join(lora['target_modules'])}")

@@ -1,6 +1,18 @@
 import pytest
 
-from .tiny import save_tiny_pretrained
+from .helpers import save_tiny_pretrained
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread than on a busy machine's several
+    (every test module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import spacy
 
 from spacy_unmasked.pieces import encode_spans
 
-from .tiny import tiny_tokenizer
+from .helpers import tiny_tokenizer
 
 TEXT = "Apple Inc hired  Jane Smith."
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import save_tiny_pretrained
+from tests.helpers import save_tiny_pretrained
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

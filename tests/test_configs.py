@@ -9,7 +9,7 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from .pipelines import TRAIN
+from .helpers import TRAIN
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

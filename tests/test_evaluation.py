@@ -11,7 +11,7 @@ from seqeval.scheme import IOB2
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
-from .pipelines import TRAIN, lora, make_nlp, train
+from .helpers import TRAIN, lora, make_nlp, train
 from .scripts import load_script
 
 GOLD = [

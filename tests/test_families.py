@@ -10,21 +10,20 @@ from spacy_unmasked import unmask
 from spacy_unmasked.families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family, find_decoder
 from spacy_unmasked.guard import verify_unmasking
 
-from .test_oracle import (
-    check_all_equals_padding_only_mask,
-    check_eager_equals_sdpa,
-    check_mixed_spec,
-    layer_window,
-)
-from .tiny import (  # noqa: F401
+from .helpers import (
     ALL_FAMILIES,
     BACKENDS,
     FAMILY_SETTINGS,
     WINDOW,
     model_type,
-    one_torch_thread,
     tiny_config,
     tiny_model,
+)
+from .test_oracle import (
+    check_all_equals_padding_only_mask,
+    check_eager_equals_sdpa,
+    check_mixed_spec,
+    layer_window,
 )
 
 # the model types issue 10 asks for; the suite verifies more
@@ -129,7 +128,7 @@ def test_blocks_without_a_mask_keyword_or_already_bidirectional_are_refused():
 @pytest.mark.parametrize("family", ["qwen2_moe", "gemma3_text"])
 def test_lora_training_through_spacy(family, tiny_dirs):
     pytest.importorskip("spacy_transformers")
-    from .pipelines import examples, lora, make_nlp, train
+    from .helpers import examples, lora, make_nlp, train
 
     nlp = make_nlp(tiny_dirs(family), lora=lora(), unmask="01", components=("ner",))
     optimizer = nlp.initialize(lambda: examples(nlp))

@@ -12,7 +12,7 @@ import spacy_unmasked.masking
 from spacy_unmasked import unmask
 from spacy_unmasked.guard import UnmaskingNotEffectiveError, supported_transformers, verify_unmasking
 
-from .tiny import one_torch_thread, tiny_config, tiny_model  # noqa: F401
+from .helpers import tiny_config, tiny_model
 
 VERSION = re.escape(transformers.__version__)
 
@@ -145,7 +145,7 @@ def test_supported_range_comes_from_the_package_metadata():
 
 def test_guard_passes_on_a_4bit_quantized_model(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from .tiny import save_tiny_pretrained
+    from .helpers import save_tiny_pretrained
 
     save_tiny_pretrained(tmp_path, "qwen3")
     quantization = transformers.BitsAndBytesConfig(

@@ -5,8 +5,8 @@ import transformers
 from spacy_unmasked import UnmaskSpecError, resolve_layers, unmask
 from spacy_unmasked.families import UnsupportedModelError
 
+from .helpers import BACKENDS, FAMILIES, tiny_model
 from .test_oracle import assert_real_close, layer_by_layer, oracle_mask, run
-from .tiny import BACKENDS, FAMILIES, one_torch_thread, tiny_model  # noqa: F401
 
 CASES = [(family, backend) for family in FAMILIES for backend in BACKENDS]
 WINDOWED = ("mistral-sliding", "gemma2")
@@ -80,7 +80,7 @@ def test_padding_is_never_attended(family, backend, spec):
 
 def test_spec_picks_the_right_layers_of_a_causal_lm():
     torch.manual_seed(0)
-    from .tiny import tiny_config
+    from .helpers import tiny_config
 
     model = transformers.AutoModelForCausalLM.from_config(tiny_config("llama", num_hidden_layers=6))
     assert resolve_layers(model, "0011") == [4, 5]  # groups of 2, 2, 1, 1

@@ -15,7 +15,7 @@ from torch import nn
 
 from spacy_unmasked import unmask
 
-from .tiny import BACKENDS, one_torch_thread, tiny_model  # noqa: F401
+from .helpers import BACKENDS, tiny_model
 
 ATOL = 2e-5
 # rows: one full sequence, one right-padded

@@ -17,7 +17,7 @@ from transformers import AutoConfig
 
 from spacy_unmasked import resolve_layers
 
-from .pipelines import TRAIN, lora, make_nlp, train
+from .helpers import TRAIN, lora, make_nlp, train
 from .scripts import load_script
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"

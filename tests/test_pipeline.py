@@ -8,8 +8,7 @@ import transformers
 
 from spacy_unmasked import BaseModelMismatchError, BaseModelNotFoundError, resolve_layers, unmask
 
-from .pipelines import TRAIN, examples, lora, make_nlp, train
-from .tiny import save_tiny_pretrained
+from .helpers import TRAIN, examples, lora, make_nlp, save_tiny_pretrained, train
 
 TEXTS = [text for text, _ in TRAIN] + ["Jane Smith visited Berlin.", "Apple"]
 
@@ -49,7 +48,7 @@ def assert_same_outputs(nlp_a, nlp_b):
 
 def resolved_auto_dtype():
     """What torch_dtype = 'auto' gives a LoRA-trained base on this machine."""
-    from spacy_unmasked.loading import native_bfloat16
+    from spacy_unmasked.hub import native_bfloat16
 
     return torch.bfloat16 if native_bfloat16(torch.device("cpu")) else torch.float32
 
@@ -253,16 +252,16 @@ def test_loaded_pipeline_states_what_it_is_in_meta_and_log(tiny_llama_dir, tmp_p
 
 
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(tiny_llama_dir, monkeypatch):
-    from spacy_unmasked import loading
+    from spacy_unmasked import hub
 
     nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
     nlp.initialize()
     assert nlp.meta["unmasked"]["torch_dtype"] == str(resolved_auto_dtype()).removeprefix("torch.")
-    monkeypatch.setattr(loading, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(hub, "native_bfloat16", lambda device: False)
     nlp = make_nlp(tiny_llama_dir, lora=lora(), components=())
     nlp.initialize()
     assert nlp.meta["unmasked"]["torch_dtype"] == "float32"
-    monkeypatch.setattr(loading, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(hub, "native_bfloat16", lambda device: True)
     full = make_nlp(tiny_llama_dir, components=())  # a fully trained base stays float32
     full.initialize()
     assert full.meta["unmasked"]["torch_dtype"] == "float32"

@@ -13,7 +13,7 @@ import transformers
 
 from spacy_unmasked import unmask
 
-from .pipelines import examples, lora, make_nlp, train
+from .helpers import examples, lora, make_nlp, train
 
 pytest.importorskip("bitsandbytes")
 

@@ -14,10 +14,10 @@ import spacy
 from spacy.cli.apply import apply as spacy_apply
 from spacy.tokens import DocBin
 
-from spacy_unmasked.ray_apply import PipelineLoadError, ray_apply
-from spacy_unmasked.shards import AnnotationInputError, plan_shards, shard_name
+from spacy_unmasked.ray.apply import PipelineLoadError, ray_apply
+from spacy_unmasked.ray.shards import AnnotationInputError, plan_shards, shard_name
 
-from .pipelines import make_nlp, train
+from .helpers import make_nlp, train
 
 ray = pytest.importorskip("ray")
 

@@ -7,7 +7,7 @@ import numpy
 import pytest
 import spacy
 
-from .pipelines import lora, make_nlp, train
+from .helpers import lora, make_nlp, train
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from spacy_unmasked import (
     UnsupportedModelError,
 )
 
-from .pipelines import lora, make_nlp, train
+from .helpers import lora, make_nlp, train
 
 ODD_TEXTS = [
     "",
@@ -108,7 +108,7 @@ def test_not_a_decoder_is_refused(tmp_path):
 
 
 def test_tokenizer_without_pad_eos_or_unk_is_refused(tmp_path):
-    from .tiny import save_tiny_pretrained
+    from .helpers import save_tiny_pretrained
 
     folder = save_tiny_pretrained(tmp_path / "m", "llama")
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -162,7 +162,7 @@ def test_mismatched_adapter_is_refused(saved):
 
 def test_interrupted_save_never_loads(trained, tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous pipeline loadable and unchanged."""
-    from spacy_unmasked import saving
+    from spacy_unmasked import folder
 
     trained.to_disk(tmp_path / "p")
     before = (tmp_path / "p" / "transformer" / "model" / "adapter.safetensors").read_bytes()
@@ -170,7 +170,7 @@ def test_interrupted_save_never_loads(trained, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(saving, "_write_manifest", explode)
+    monkeypatch.setattr(folder, "_write_manifest", explode)
     with pytest.raises(KeyboardInterrupt):
         trained.to_disk(tmp_path / "p")
     monkeypatch.undo()
@@ -235,7 +235,7 @@ def test_quantization_without_bitsandbytes_says_how_to_install(monkeypatch):
 
     import torch
 
-    from spacy_unmasked.loading import bitsandbytes_config
+    from spacy_unmasked.quantization import bitsandbytes_config
     from spacy_unmasked.settings import QuantizationSettings
 
     real_find_spec = importlib.util.find_spec
@@ -253,7 +253,7 @@ def test_too_old_bitsandbytes_names_the_version_to_install(monkeypatch, device, 
 
     import torch
 
-    from spacy_unmasked.loading import bitsandbytes_config
+    from spacy_unmasked.quantization import bitsandbytes_config
     from spacy_unmasked.settings import QuantizationSettings
 
     real_version = importlib.metadata.version

@@ -15,7 +15,7 @@ import typer.main
 from spacy.tokens import DocBin
 from weasel.util import load_project_config
 
-from .pipelines import TRAIN
+from .helpers import TRAIN
 from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]

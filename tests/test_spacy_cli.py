@@ -13,7 +13,7 @@ from spacy.scorer import Scorer
 from spacy.tokens import DocBin
 from spacy.training import Example
 
-from .pipelines import TRAIN, lora, make_nlp, train
+from .helpers import TRAIN, lora, make_nlp, train
 from .test_configs import CONFIGS, make_corpus, overrides
 
 

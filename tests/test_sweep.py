@@ -6,7 +6,7 @@ import spacy
 import typer
 from spacy.tokens import DocBin
 
-from .pipelines import TRAIN
+from .helpers import TRAIN
 from .scripts import load_script
 
 CONFIGS = Path(__file__).parent.parent / "configs"

@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 from spacy.tokens import Doc
-from spacy_transformers.data_classes import FullTransformerBatch
-from spacy_transformers.layers._util import replace_listener
-from thinc.api import Model
+from spacy_transformers.data_classes import FullTransformerBatch, TransformerData
+from spacy_transformers.layers import split_trf_batch
+from thinc.api import Model, chain
 from thinc.types import ArgsKwargs
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from ..pieces import encode_spans
 from ..settings import TransformerSettings
@@ -75,6 +75,12 @@ class UnmaskedTransformerModel(Model):
         return copied
 
 
+def replace_listener(model: Model) -> Model:
+    """The model that takes a listener's place after ``nlp.replace_listeners``:
+    the transformer with its batch split per doc."""
+    return chain(model, split_trf_batch())
+
+
 def replace_listener_cfg(tok2vec_model_cfg: dict[str, Any], listener_model_cfg: dict[str, Any]) -> dict[str, Any]:
     """The config that takes a listener's place after ``nlp.replace_listeners``:
     the transformer's own block wrapped with the listener's pooling."""
@@ -104,7 +110,11 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
         )
     settings = shim.settings
     batch = encode_spans(
-        shim.tokenizer, model.attrs["get_spans"](docs), max_length=settings.max_length, add_bos=settings.add_bos
+        shim.tokenizer,
+        model.attrs["get_spans"](docs),
+        max_length=settings.max_length,
+        add_bos=settings.add_bos,
+        repeat=settings.repeat,
     )
     if len(batch.wordpieces) == 0:
         return FullTransformerBatch.empty(len(docs)), lambda d_batch: docs
@@ -125,10 +135,10 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
     features = output.last_hidden_state.float()
     if trains:
         _check_finite(features, "The transformer's outputs")
-    result = FullTransformerBatch(
+    result = UnmaskedBatch(
         spans=batch.spans,
         wordpieces=batch.wordpieces,
-        model_output=ModelOutput(last_hidden_state=features),
+        model_output=_model_output(features, output),
         align=batch.align,
     )
 
@@ -140,6 +150,31 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
         return docs
 
     return result, backprop
+
+
+class UnmaskedBatch(FullTransformerBatch):
+    """spacy-transformers' batch whose per-doc outputs (``doc._.trf_data``) keep
+    Hugging Face's output class, so that fields not asked for read as None."""
+
+    def split_by_doc(self) -> list[TransformerData]:
+        """One ``TransformerData`` per doc, its ``model_output`` a ``BaseModelOutput``."""
+        outputs = super().split_by_doc()
+        for data in outputs:
+            if "last_hidden_state" in data.model_output:
+                data.model_output = BaseModelOutput(**data.model_output)
+        return outputs
+
+
+def _model_output(features: torch.Tensor, output) -> BaseModelOutput:
+    """The decoder's output as float32 for thinc: the last hidden states, plus the
+    hidden states of every layer and the attention weights when the config asks
+    for them (``transformer_config``); fields not asked for read as None."""
+    extra = {}
+    for field in ("hidden_states", "attentions"):
+        values = getattr(output, field, None)
+        if values is not None:
+            extra[field] = tuple(value.detach().float() for value in values)
+    return BaseModelOutput(last_hidden_state=features, **extra)
 
 
 def _check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -1,5 +1,6 @@
 """The PyTorch shim: thinc state around the Hugging Face decoder and its
-tokenizer. Building goes to ``loading``, the saved form to ``saving``."""
+tokenizer, and its serialization. Building goes to ``build``, the saved form
+to ``folder``."""
 
 import tempfile
 from pathlib import Path
@@ -9,10 +10,12 @@ import srsly
 import torch
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
+from ..build import build_transformer
 from ..errors import PipelineFormatError
-from ..loading import build_transformer, load_tokenizer, load_unquantized_base
+from ..folder import read_transformer, write_transformer
+from ..hub import load_unquantized_base
+from ..lora import AdapterMerge
 from ..masking import UnmaskHandle
-from ..saving import check_saved_settings, read_transformer, write_transformer
 from ..settings import Training, TransformerSettings
 
 
@@ -30,9 +33,7 @@ class UnmaskedShim(PyTorchShim):
         self.handle: UnmaskHandle | None = None
         self.base: dict[str, Any] | None = None
         self.embed_base = False
-        self.merge_lora = True  # see predict()
-        self._mergeable = False
-        self._merged = False
+        self.merge = AdapterMerge()
         self._embedded_source: str | None = None
 
     @property
@@ -57,48 +58,33 @@ class UnmaskedShim(PyTorchShim):
 
     def load_pretrained(self) -> None:
         """Load tokenizer and base as the settings say, with fresh LoRA adapters."""
-        settings = self.settings
-        built = build_transformer(settings, get_torch_default_device())
-        self.tokenizer = load_tokenizer(settings.name, revision=settings.revision, **settings.tokenizer_config)
-        self._model, self.handle, self.base = built.model, built.handle, built.base
-        self._mergeable = False  # a new pipeline is for training: adapters stay separate
+        built = build_transformer(self.settings, get_torch_default_device())
+        self._model, self.tokenizer, self.handle, self.base = built.model, built.tokenizer, built.handle, built.base
+        self.merge.allowed = False  # a new pipeline is for training: adapters stay separate
 
     def predict(self, inputs):
-        """Run the decoder without gradients. A loaded LoRA pipeline on an
-        unquantized base first merges its adapters into the base weights once
-        (1.28x faster inference in bfloat16 on CPU, benchmarks/bench.py); saved files stay adapter-only. Set
-        ``merge_lora = false`` on the component to keep them separate."""
-        if self._mergeable and self.merge_lora and not self._merged:
-            self._model.merge_adapter()
-            self._merged = True
+        """Run the decoder without gradients (a loaded LoRA pipeline with its
+        adapters merged, see :class:`~spacy_unmasked.lora.AdapterMerge`)."""
+        self.merge.before_predict(self._model)
         return super().predict(inputs)
 
     def begin_update(self, inputs):
         """Run the decoder for training; merged adapters are unmerged first, for good."""
-        self._unmerge()
+        self.merge.stop(self._model)
         return super().begin_update(inputs)
 
-    def _unmerge(self) -> None:
-        """Take merged adapters out of the base weights and stop merging. In
-        bfloat16 the base then differs from the original by at most one rounding
-        step in the adapted layers."""
-        if self._merged:
-            self._model.unmerge_adapter()
-            self._merged = False
-        self._mergeable = False
-
     def save(self, path: Path) -> None:
-        """Write the transformer to the folder ``path`` (see ``saving``)."""
+        """Write the transformer to the folder ``path`` (see ``folder``)."""
         if not self.is_loaded:
             raise ValueError("Cannot save an uninitialized transformer: call nlp.initialize() first.")
         base_model = None
         if self.embed_base:
-            self._unmerge()  # the stored base must not carry the adapters
+            self.merge.stop(self._model)  # the stored base must not carry the adapters
             if self.settings.quantization is not None:
-                source = (
-                    self._embedded_source if self._embedded_source and Path(self._embedded_source).is_dir() else None
+                source = self._embedded_source
+                base_model = load_unquantized_base(
+                    self.settings, source=source if source and Path(source).is_dir() else None
                 )
-                base_model = load_unquantized_base(self.settings, source=source)
         write_transformer(
             path,
             model=self._model,
@@ -112,14 +98,11 @@ class UnmaskedShim(PyTorchShim):
     def load(self, path: Path) -> None:
         """Rebuild the transformer from a folder written by :meth:`save`."""
         saved = read_transformer(Path(path))
-        num_layers = saved.settings.num_layers or saved.base["num_hidden_layers"]
-        check_saved_settings(saved.settings, self.settings, num_layers)
         built = build_transformer(self.settings, get_torch_default_device(), saved=saved)
-        self.tokenizer = load_tokenizer(str(saved.tokenizer_dir))
-        self._model, self.handle, self.base = built.model, built.handle, built.base
+        self._model, self.tokenizer, self.handle, self.base = built.model, built.tokenizer, built.handle, built.base
         self.embed_base = saved.embedded_base
         self._embedded_source = str(saved.weights_dir) if saved.embedded_base else None
-        self._mergeable = self.settings.training == Training.LORA and self.settings.quantization is None
+        self.merge.allowed = self.settings.training == Training.LORA and self.settings.quantization is None
 
     def to_bytes(self) -> bytes:
         """Pack the folder written by :meth:`save` (or nothing, before

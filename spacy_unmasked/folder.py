@@ -1,4 +1,4 @@
-"""The saved form of an unmasked transformer, and the identity of its base.
+"""The saved form of an unmasked transformer: a folder of files.
 
 A transformer folder holds ``unmasked.json`` (format version, settings, base
 identity, file sizes and checksums), ``tokenizer/``, and the trained weights:
@@ -20,10 +20,9 @@ from typing import Any
 import torch
 
 from .about import __version__
-from .errors import BaseModelMismatchError, PipelineFormatError
-from .families import find_decoder
+from .errors import PipelineFormatError
+from .lora import adapter_state
 from .settings import Training, TransformerSettings
-from .spec import resolve_spec
 
 FORMAT_VERSION = 2
 MANIFEST = "unmasked.json"
@@ -31,10 +30,6 @@ TOKENIZER_DIR = "tokenizer"
 ADAPTER_FILE = "adapter.safetensors"
 WEIGHTS_DIR = "weights"
 _CHECKSUM_LIMIT = 64 * 2**20
-_POINT_AT_BASE = (
-    "Point the pipeline at the base it was trained on with spacy.load(path, config="
-    "{'components': {'transformer': {'model': {'name': ...}}}})."
-)
 
 
 @dataclass(frozen=True)
@@ -93,10 +88,9 @@ def _write_files(
 ) -> None:
     tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
     if settings.training == Training.LORA:
-        from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        state = adapter_state(model)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / ADAPTER_FILE))
     if settings.training == Training.FULL or embed_base:
         _save_base_weights(base_model if base_model is not None else model, path / WEIGHTS_DIR)
@@ -227,123 +221,3 @@ def _read_adapter(adapter_path: Path) -> dict[str, torch.Tensor]:
         raise PipelineFormatError(
             f"The LoRA adapter {adapter_path} is corrupted ({error}): save the pipeline again."
         ) from error
-
-
-def check_saved_settings(saved: TransformerSettings, current: TransformerSettings, num_layers: int) -> None:
-    """Refuse a config whose settings would give the saved weights another meaning."""
-    comparisons = {
-        "unmask": (resolve_spec(saved.unmask, num_layers), resolve_spec(current.unmask, num_layers)),
-        "lora": (saved.lora and saved.lora.shape, current.lora and current.lora.shape),
-    }
-    for key in ("training", "add_bos", "num_layers"):
-        comparisons[key] = (getattr(saved, key), getattr(current, key))
-    for key, (was, now) in comparisons.items():
-        if was != now:
-            raise PipelineFormatError(
-                f"The saved transformer was trained with {key} = {_shown(getattr(saved, key))} but the config now "
-                f"says {_shown(getattr(current, key))}: restore the saved value in the config "
-                "(or train a new pipeline)."
-            )
-
-
-def _shown(value) -> str:
-    return repr(value.value) if isinstance(value, Training) else repr(value)
-
-
-# Base identity ------------------------------------------------------------
-
-_VOLATILE_CONFIG_KEYS = {
-    "_name_or_path",
-    "transformers_version",
-    "torch_dtype",
-    "quantization_config",
-    "_attn_implementation",
-    "_attn_implementation_autoset",
-    "attn_implementation",
-    "use_cache",
-    "architectures",
-    "return_dict",
-    "output_hidden_states",
-    "output_attentions",
-    "_commit_hash",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-}
-
-
-def config_digest(config) -> str:
-    """SHA-256 of a config's architecture settings (names, paths and runtime flags left out)."""
-    architecture = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def base_identity(settings: TransformerSettings, model: torch.nn.Module) -> dict[str, Any]:
-    """Identity of a base model: name, revision, an architecture hash and a
-    probe of its weights, checked again when a pipeline loads."""
-    return {
-        "name": settings.name,
-        "revision": settings.revision,
-        "model_type": model.config.model_type,
-        "num_hidden_layers": model.config.num_hidden_layers,
-        "config_sha256": config_digest(model.config),
-        "embedding_probe": weight_probe(model),
-    }
-
-
-def weight_probe(model: torch.nn.Module) -> list[float]:
-    """A cheap weight identity: input-embedding values at spread-out rows plus
-    the last block's and the final norm weights (never quantized; fine-tunes
-    change them)."""
-    weight = model.get_input_embeddings().weight
-    rows = torch.linspace(0, weight.shape[0] - 1, 8).long().to(weight.device)
-    values = [weight[rows, :8].flatten()]
-    decoder = find_decoder(model)
-    last = decoder.layers[-1]
-    norms = [getattr(last, n, None) for n in ("input_layernorm", "post_attention_layernorm")]
-    norms.append(getattr(decoder, "norm", None))
-    for norm in norms:
-        if norm is not None and getattr(norm, "weight", None) is not None:
-            values.append(norm.weight[:32])
-    return torch.cat([v.detach().float().cpu().flatten() for v in values]).tolist()
-
-
-def check_architecture(saved: dict[str, Any], name: str, config) -> None:
-    """Raise before loading weights if the base's architecture differs from the saved one."""
-    if saved["config_sha256"] != config_digest(config):
-        raise BaseModelMismatchError(
-            f"Base model {name!r} ({config.model_type}, {config.num_hidden_layers} layers) has a "
-            f"different architecture from the one this pipeline was trained on, {saved['name']!r} "
-            f"({saved['model_type']}, {saved['num_hidden_layers']} layers). {_POINT_AT_BASE}"
-        )
-
-
-def check_weights(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise :class:`BaseModelMismatchError` if the base's weight probe differs from the saved one.
-
-    The same base may load in another dtype (bfloat16 rounds to 0.4%), hence
-    the tolerance of 1%."""
-    probe_saved = torch.tensor(saved["embedding_probe"])
-    probe_now = torch.tensor(current["embedding_probe"])
-    if probe_saved.shape != probe_now.shape or not torch.allclose(probe_saved, probe_now, rtol=1e-2, atol=1e-6):
-        raise BaseModelMismatchError(
-            f"Base model {current['name']!r} has the same architecture as {saved['name']!r} but "
-            f"different weights, so the saved adapter would give wrong results. {_POINT_AT_BASE}"
-        )
-
-
-def check_adapter(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise if saved LoRA weights do not fit the model's adapters."""
-    from peft import get_peft_model_state_dict
-
-    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise BaseModelMismatchError(
-            f"The LoRA adapter {source} does not fit this model (missing {len(missing)}, unexpected "
-            f"{len(unexpected)}, wrong shape {len(wrong_shape)} tensors, e.g. "
-            f"{(missing + unexpected + wrong_shape)[:2]}): load it with the base model and LoRA settings "
-            "it was trained with."
-        )

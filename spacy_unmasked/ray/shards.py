@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import srsly
-from spacy.cli._util import walk_directory
 from spacy.tokens import DocBin
+
+from ..errors import AnnotationInputError
+from .spacy_cli import walk_directory
 
 MANIFEST = ".manifest.json"
 SHARD_GLOB = "shard-*.spacy"
-
-
-class AnnotationInputError(ValueError):
-    """An input file or record that cannot be annotated."""
 
 
 @dataclass(frozen=True)

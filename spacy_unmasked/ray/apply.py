@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import srsly
-from spacy.cli._util import Arg, Opt, app, import_code
 from spacy.tokens import Doc, DocBin
+from typer import Argument as Arg
+from typer import Option as Opt
 from wasabi import msg
 
+from ..errors import AnnotationInputError, PipelineLoadError
 from .shards import (
-    AnnotationInputError,
     Piece,
     ShardFolder,
     fingerprint,
@@ -34,13 +35,10 @@ from .shards import (
     remove_folder,
     shard_name,
 )
+from .spacy_cli import app, import_code
 
 ERROR_MARK = "ray-apply: "
 RAY_HINT = "Ray Data is not installed: pip install 'spacy-unmasked[ray]'"
-
-
-class PipelineLoadError(RuntimeError):
-    """The pipeline could not be loaded on a Ray actor."""
 
 
 @dataclass

@@ -1,78 +1,17 @@
-"""Hugging Face loading, and the one recipe that builds the transformer:
-base (dtype, device, quantization, attention backend) → training mode → LoRA →
-unmask → a check that unmasking took effect. ``initialize`` and ``spacy.load``
-both go through :func:`build_transformer`."""
+"""Hugging Face loading: a base model's config, its tokenizer and its weights
+(dtype, device, attention backend, quantization), from a hub id, a local
+folder or a ``.gguf`` file."""
 
-import importlib.metadata
-import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from .errors import BaseModelNotFoundError, QuantizationUnavailableError
-from .families import SUPPORTED_FAMILIES, UnsupportedModelError, check_family
-from .guard import verify_unmasking
-from .masking import UnmaskHandle, unmask
-from .saving import SavedTransformer, base_identity, check_adapter, check_architecture, check_weights
-from .settings import LoRASettings, QuantizationSettings, Training, TransformerSettings
-from .spec import resolve_spec
-
-# bitsandbytes releases tested here: CUDA since long, CPU (4-bit, 8-bit, QLoRA backward) from 0.50.2.
-MIN_BITSANDBYTES = {"cuda": (0, 45, 0), "cpu": (0, 50, 2)}
-
-
-@dataclass
-class BuiltTransformer:
-    """A decoder ready for the pipeline, its unmask handle and its base identity."""
-
-    model: torch.nn.Module
-    handle: UnmaskHandle
-    base: dict[str, Any]
-
-
-def build_transformer(
-    settings: TransformerSettings, device: torch.device, *, saved: SavedTransformer | None = None
-) -> BuiltTransformer:
-    """Build the transformer: fresh LoRA adapters on the named base (``saved`` is
-    None), or a saved pipeline's adapter or weights, its base checked against the
-    identity it was saved with."""
-    stored_weights = saved.weights_dir if saved is not None else None
-    if stored_weights is None:
-        config = load_base_config(settings)
-    else:
-        config = AutoConfig.from_pretrained(str(stored_weights))
-        check_family(config)
-    if saved is not None and stored_weights is None:
-        check_architecture(saved.base, settings.name, config)
-    layers = resolve_spec(settings.unmask, config.num_hidden_layers)  # fail before loading any weights
-    model = load_base_model(
-        settings,
-        device,
-        config=config,
-        source=str(stored_weights) if stored_weights else None,
-        for_training=saved is None,
-    )
-    if saved is not None and stored_weights is not None:
-        base = saved.base
-    else:
-        base = base_identity(settings, model)
-        if saved is not None:
-            check_weights(saved.base, base)
-    if settings.training == Training.FROZEN:
-        model.requires_grad_(False)
-    elif settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if settings.quantization is not None:
-        keep_4bit_layout(model)
-    if settings.training == Training.LORA:
-        model = apply_lora(model, settings.lora, state=saved.adapter if saved is not None else None)
-    handle = unmask(model, layers)
-    verify_unmasking(model, handle.layers)  # one tiny forward pass: did unmasking take effect?
-    return BuiltTransformer(model=model, handle=handle, base=base)
-
+from .errors import BaseModelNotFoundError, UnsupportedModelError
+from .families import SUPPORTED_FAMILIES, check_family
+from .quantization import bitsandbytes_config
+from .settings import Training, TransformerSettings
 
 # Config and tokenizer -------------------------------------------------------
 
@@ -127,17 +66,21 @@ def truncate_config(config, num_layers: int) -> None:
 
 
 def load_tokenizer(source: str, *, revision: str | None = None, **tokenizer_config) -> PreTrainedTokenizerBase:
-    """Load a fast tokenizer and set it up for labelling: right padding and a pad token."""
+    """Load a tokenizer (fast, or slow with ``use_fast = false``) and set it up
+    for labelling: right padding and a pad token."""
     source, extra = _source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **extra, **tokenizer_config)
     except OSError as error:
         raise _not_found(source, error) from error
-    if not tokenizer.is_fast:
+    except (ImportError, ValueError, TypeError) as error:
+        if tokenizer_config.get("use_fast", True) is not False:
+            raise
         raise ValueError(
-            f"The tokenizer of {source!r} is a slow (Python) tokenizer, which gives no character "
-            "offsets: install `tokenizers` or use a checkpoint that ships tokenizer.json."
-        )
+            f"tokenizer_config use_fast = false asks for the slow (Python) tokenizer of {source!r}, which cannot "
+            f"be loaded: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]} Remove use_fast "
+            "from tokenizer_config to use its fast tokenizer (tokenizer.json), or install what the slow one needs."
+        ) from error
     return prepare_tokenizer(tokenizer)
 
 
@@ -188,47 +131,6 @@ def resolve_dtype(settings: TransformerSettings, device: torch.device, *, for_tr
             "use torch_dtype = 'float32', add a LoRA block, or set freeze_base = true."
         )
     return dtype
-
-
-def bitsandbytes_config(quantization: QuantizationSettings, device: torch.device):
-    """The transformers ``BitsAndBytesConfig`` for ``quantization``, after checking
-    that the installed bitsandbytes runs on ``device``."""
-    minimum = MIN_BITSANDBYTES.get(device.type)
-    wanted = "pip install 'spacy-unmasked[quantization]'"
-    if minimum is None:
-        raise QuantizationUnavailableError(
-            f"bitsandbytes quantization is not supported on {device.type} by spacy-unmasked: run on CUDA or CPU, "
-            "or set quantization = null."
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise QuantizationUnavailableError(
-            f"Quantization needs bitsandbytes, which is not installed: {wanted} (bitsandbytes >= "
-            f"{'.'.join(map(str, minimum))} on {device.type}), or set quantization = null."
-        )
-    installed = importlib.metadata.version("bitsandbytes")
-    if _version_tuple(installed) < minimum:
-        raise QuantizationUnavailableError(
-            f"bitsandbytes {installed} cannot quantize on {device.type}: install bitsandbytes >= "
-            f"{'.'.join(map(str, minimum))} ({wanted}), or set quantization = null."
-        )
-    from transformers import BitsAndBytesConfig
-
-    if quantization.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quantization.quant_type,
-        bnb_4bit_use_double_quant=quantization.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, quantization.compute_dtype),
-    )
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def load_base_model(
@@ -293,52 +195,3 @@ def load_unquantized_base(settings: TransformerSettings, *, source: str | None =
         raise _not_found(name, error) from error
     model.config.use_cache = False
     return model
-
-
-def keep_4bit_layout(model: torch.nn.Module) -> None:
-    """Keep bitsandbytes 4-bit layers in one layout for good. On CPUs with
-    AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer's weights the first
-    time it runs in eval mode; in that layout its matmul has no backward
-    (gradients stop there without an error), a layer with a bias fails in
-    training, and packing back is not exact. Measured here it was no faster."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def apply_lora(
-    model: torch.nn.Module, lora: LoRASettings, *, state: dict[str, torch.Tensor] | None = None
-) -> torch.nn.Module:
-    """Wrap ``model`` with LoRA adapters whose weights are float32: fresh ones,
-    or the saved ``state`` (checked to fit)."""
-    import peft
-
-    check_lora_targets(model, lora)
-    config = peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-    )
-    model = peft.get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters stay float32
-    if state is not None:
-        check_adapter(model, state, "saved with this pipeline")
-        peft.set_peft_model_state_dict(model, state)
-    return model
-
-
-def check_lora_targets(model: torch.nn.Module, lora: LoRASettings) -> None:
-    """Raise if a LoRA target module name matches no linear layer of ``model``."""
-    linear = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__
-    ]
-    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
-    if missing:
-        short_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
-        raise ValueError(
-            f"LoRA target modules {missing} do not exist in this model. Its linear layers are: "
-            f"{', '.join(short_names)}. Set lora.target_modules to some of them."
-        )

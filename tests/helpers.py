@@ -1,20 +1,13 @@
-"""Tiny random decoders of every supported family, built offline for tests."""
+"""Helpers for tests and benchmarks: tiny random decoders of every supported
+family with a small BPE tokenizer (built offline), and small spaCy pipelines on
+them, built the way a config builds them, with a tiny training loop."""
+
+import random
 
 import pytest
+import spacy
 import transformers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on a busy machine's several
-    (import this fixture into a test module to use it there)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from spacy.training import Example
 
 BACKENDS = ("eager", "sdpa")
 
@@ -195,3 +188,118 @@ def save_tiny_pretrained(path, family: str = "llama", *, tokenizer: str = "byte-
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+def add_slow_tokenizer(path):
+    """Add a slow (Python) GPT-2 tokenizer with the same vocabulary and merges to
+    a folder saved by :func:`save_tiny_pretrained` (byte-level): ``use_fast =
+    false`` then loads it."""
+    from transformers import AutoTokenizer, GPT2Tokenizer
+
+    fast = AutoTokenizer.from_pretrained(str(path))
+    vocab, merges = fast.backend_tokenizer.model.save(str(path))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    GPT2Tokenizer(vocab_file=vocab, merges_file=merges, **special).save_pretrained(str(path))
+    return path
+
+
+# spaCy pipelines ---------------------------------------------------------------
+
+TRAIN = [
+    ("Apple Inc. hired Jane Smith in Cupertino last May.", [(0, 10, "ORG"), (17, 27, "PER"), (31, 40, "LOC")]),
+    (
+        "Barack Obama visited Berlin and Paris with Angela Merkel.",
+        [(0, 12, "PER"), (21, 27, "LOC"), (32, 37, "LOC"), (43, 56, "PER")],
+    ),
+    ("New York Yankees beat Boston Red Sox on Sunday night.", [(0, 16, "ORG"), (22, 36, "ORG")]),
+    ("Jane Smith moved to Berlin.", [(0, 10, "PER"), (20, 26, "LOC")]),
+]
+
+LISTENER = {
+    "@architectures": "spacy-transformers.TransformerListener.v1",
+    "grad_factor": 1.0,
+    "pooling": {"@layers": "reduce_mean.v1"},
+    "upstream": "*",
+}
+
+
+def transformer_model(name, **settings):
+    """The config block of a spacy-unmasked.UnmaskedTransformer.v1 model."""
+    block = {
+        "@architectures": "spacy-unmasked.UnmaskedTransformer.v1",
+        "name": str(name),
+        "attn_implementation": "eager",
+        "unmask": "0011",
+    }
+    block.update(settings)
+    return block
+
+
+def lora(r=4, targets=("q_proj", "v_proj"), dropout=0.0):
+    """The config block of a spacy-unmasked.LoRA.v1 adapter."""
+    return {"@misc": "spacy-unmasked.LoRA.v1", "r": r, "alpha": 8, "dropout": dropout, "target_modules": list(targets)}
+
+
+def make_nlp(name, *, factory="unmasked_transformer", components=("ner",), **settings):
+    """A blank English pipeline: transformer + listeners (ner and/or spancat)."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory, name="transformer", config={"model": transformer_model(name, **settings)})
+    if "ner" in components:
+        nlp.add_pipe(
+            "ner",
+            config={
+                "model": {
+                    "@architectures": "spacy.TransitionBasedParser.v2",
+                    "state_type": "ner",
+                    "extra_state_tokens": False,
+                    "hidden_width": 32,
+                    "maxout_pieces": 2,
+                    "use_upper": False,
+                    "nO": None,
+                    "tok2vec": LISTENER,
+                }
+            },
+        )
+    if "spancat" in components:
+        nlp.add_pipe(
+            "spancat",
+            config={
+                "spans_key": "sc",
+                "model": {
+                    "@architectures": "spacy.SpanCategorizer.v1",
+                    "reducer": {"@layers": "spacy.mean_max_reducer.v1", "hidden_size": 32},
+                    "scorer": {"@layers": "spacy.LinearLogistic.v1", "nO": None, "nI": None},
+                    "tok2vec": LISTENER,
+                },
+                "suggester": {"@misc": "spacy.ngram_suggester.v1", "sizes": [1, 2, 3]},
+            },
+        )
+    return nlp
+
+
+def examples(nlp):
+    """TRAIN as spaCy Examples with entities and spans (key "sc")."""
+    out = []
+    for text, ents in TRAIN:
+        doc = nlp.make_doc(text)
+        spans = {"sc": [(s, e, label) for s, e, label in ents]}
+        out.append(Example.from_dict(doc, {"entities": ents, "spans": spans}))
+    return out
+
+
+def train(nlp, steps=10, seed=0, lr=1e-3, optimizer=None):
+    """Train on TRAIN (initializing first unless an optimizer is given);
+    returns the losses of every step."""
+    spacy.util.fix_random_seed(seed)
+    data = examples(nlp)
+    if optimizer is None:
+        optimizer = nlp.initialize(lambda: data)
+    optimizer.learn_rate = lr
+    history = []
+    for _ in range(steps):
+        random.shuffle(data)
+        losses = {}
+        nlp.update(data, sgd=optimizer, losses=losses)
+        history.append(losses)
+    return history
