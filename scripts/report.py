@@ -1,7 +1,13 @@
-"""Summarise the unmask sweep: a markdown table of span scores per unmask spec
-(mean ± standard deviation over seeds, plus baselines) and a heatmap of F1 per
-configuration, as in Dukić & Šnajder (2024), "Looking Right is Sometimes Right".
-Differences from the causal spec (all zeros) that exceed the seed spread are marked."""
+"""Summarise the unmask sweep: a markdown table of span scores per run label
+(mean ± standard deviation over seeds, training and inference cost, plus baselines)
+and a heatmap of F1 per plain unmask spec, as in Dukić & Šnajder (2024), "Looking
+Right is Sometimes Right". Differences from the causal spec (all zeros) that exceed
+the seed spread are marked.
+
+A run label (scripts/sweep.py) is ``<spec>[+r<k>][@<n>]``: an unmask bit string
+(or none/all), optionally with ``+r<k>`` (the input repeated k more times) and
+``@<n>`` (features from the first n decoder blocks). Labels with a suffix are
+*variants*: they get table rows but no heatmap column."""
 
 import json
 import re
@@ -21,12 +27,56 @@ from matplotlib.patches import Rectangle
 
 DEFAULT_GROUPS = 4
 BITS = re.compile(r"[01]+")
+LABEL = re.compile(r"(?P<spec>[01]+|none|all)(?:\+r(?P<repeat>[1-9][0-9]*))?(?:@(?P<layers>[1-9][0-9]*))?")
+LABEL_GRAMMAR = (
+    "<spec>[+r<k>][@<n>], where <spec> is a bit string such as 0011 (or none/all), +r<k> repeats the input "
+    "k >= 1 more times and @<n> takes features from the first n >= 1 decoder blocks (e.g. 0011, 0000+r1, 0011+r2@15)"
+)
 STEM = re.compile(r"(?P<key>.+?)(?:\.seed(?P<seed>-?\d+))?")
 MARK = "†"
 SPREAD_RULE = (
     f"{MARK} = the difference to the causal spec exceeds the seed spread: |Δ| > SD(spec) + SD(causal) "
     "(sample standard deviations over seeds, so the mean ± SD ranges do not overlap); needs 2+ seeds on both sides"
 )
+
+
+@dataclass(frozen=True)
+class Label:
+    """A parsed run label: unmask bits, extra input copies (0: none) and a num_layers override (None: default)."""
+
+    bits: str
+    repeat: int = 0
+    layers: int | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether the label is a bare unmask spec (no variant suffix)."""
+        return self.repeat == 0 and self.layers is None
+
+    def __str__(self) -> str:
+        return self.bits + (f"+r{self.repeat}" if self.repeat else "") + (f"@{self.layers}" if self.layers else "")
+
+    def order(self) -> tuple[bool, str, int, int]:
+        """Plain specs first, then variants by spec, repetitions and layers (numerically)."""
+        return (not self.plain, self.bits, self.repeat, self.layers or 0)
+
+
+def parse_label(label: str, groups: int | None = None) -> Label | None:
+    """``0011+r1@15`` -> Label("0011", 1, 15); none/all become GROUPS zeros/ones; None when malformed."""
+    match = LABEL.fullmatch(label)
+    if match is None:
+        return None
+    spec = match["spec"]
+    if groups is not None:
+        spec = {"none": "0" * groups, "all": "1" * groups}.get(spec, spec)
+    layers = match["layers"]
+    return Label(spec, int(match["repeat"] or 0), int(layers) if layers else None)
+
+
+def is_plain(label: str) -> bool:
+    """Whether LABEL has no variant suffix."""
+    parsed = parse_label(label)
+    return parsed is not None and parsed.plain
 
 
 @dataclass(frozen=True)
@@ -49,7 +99,9 @@ class Stat:
 
 @dataclass(frozen=True)
 class Summary:
-    """One spec's or baseline's runs: F1, P, R and words/s over seeds."""
+    """One run label's or baseline's runs: F1, P, R and words/s over seeds, and the training cost:
+    seconds per update (train_seconds / max_steps) over the seeds that recorded both, and the total
+    train_seconds over the TIMED runs that recorded it."""
 
     name: str
     seeds: tuple[Any, ...]
@@ -57,6 +109,14 @@ class Summary:
     p: Stat
     r: Stat
     wps: Stat
+    per_update: Stat | None = None
+    train_seconds: float = 0.0
+    timed: int = 0
+
+
+def number(value: Any) -> float | None:
+    """VALUE as a float when it is a real number (not a bool), else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def main_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -104,6 +164,10 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
             "were recorded) or rename it <name>.seed<k>.json and add its seed."
         )
     scores = [main_scores(run) for run in runs]
+    times = [number(run.get("train_seconds")) for run in runs]
+    steps = [number(run.get("max_steps")) for run in runs]
+    per_update = [t / n for t, n in zip(times, steps, strict=True) if t is not None and n is not None and n > 0]
+    timed = [t for t in times if t is not None]
     return Summary(
         name=name,
         seeds=tuple(sorted(seeds, key=lambda s: (s is None, s if s is not None else 0))),
@@ -111,30 +175,63 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
         p=Stat.of([s["p"] for s in scores]),
         r=Stat.of([s["r"] for s in scores]),
         wps=Stat.of([run["words_per_second"] for run in runs]),
+        per_update=Stat.of(per_update) if per_update else None,
+        train_seconds=sum(timed),
+        timed=len(timed),
     )
 
 
 def normalise_specs(runs: dict[str, dict[str, Any]]) -> dict[str, Summary]:
-    """Summaries keyed by bit string, reading ``none``/``all`` as all zeros/ones of the common length."""
+    """Summaries keyed by run label (``<bits>[+r<k>][@<n>]``, none/all read as all zeros/ones of the
+    common length): plain specs first in bit order, then the variants sorted by spec, k and n."""
     groups = group_by_key(runs, key_field="spec")
-    lengths = {len(key) for key in groups if BITS.fullmatch(key)}
+    for key in groups:
+        if parse_label(key) is None:
+            sys.exit(
+                f"{key!r}: metrics files must be named after an unmask spec with optional variant suffixes, "
+                f"{LABEL_GRAMMAR}; as <label>.json or <label>.seed<k>.json"
+            )
+    lengths = {len(parsed.bits) for parsed in map(parse_label, groups) if BITS.fullmatch(parsed.bits)}
     if len(lengths) > 1:
         sys.exit(f"Unmask specs of different lengths {sorted(lengths)}: keep one sweep per metrics directory")
     m = lengths.pop() if lengths else DEFAULT_GROUPS
-    specs: dict[str, list[dict[str, Any]]] = {}
+    labels: dict[Label, list[dict[str, Any]]] = {}
     for key, group in groups.items():
-        spec = {"none": "0" * m, "all": "1" * m}.get(key, key)
-        if not BITS.fullmatch(spec):
-            sys.exit(
-                f"{key}: metrics files must be named after an unmask spec (a bit string such as 0011, or none/all), "
-                "as <spec>.json or <spec>.seed<k>.json"
-            )
-        specs.setdefault(spec, []).extend(group)
-    return {spec: summarise(spec, group) for spec, group in sorted(specs.items())}
+        labels.setdefault(parse_label(key, m), []).extend(group)
+    return {str(label): summarise(str(label), labels[label]) for label in sorted(labels, key=Label.order)}
 
 
-def describe(spec: str) -> str:
-    """Say which groups a spec unmasks, e.g. ``0011`` -> ``groups 3-4``, ``1011`` -> ``groups 1, 3-4``."""
+def plain_specs(specs: dict[str, Summary]) -> dict[str, Summary]:
+    """The rows without a variant suffix (the heatmap's columns)."""
+    return {label: s for label, s in specs.items() if is_plain(label)}
+
+
+def variant_specs(specs: dict[str, Summary]) -> dict[str, Summary]:
+    """The rows with a variant suffix (+r<k> and/or @<n>)."""
+    return {label: s for label, s in specs.items() if not is_plain(label)}
+
+
+def causal_label(specs: dict[str, Summary]) -> str:
+    """The fully causal plain spec of the sweep's length (``0000`` for 4 groups)."""
+    parsed = parse_label(next(iter(specs)))
+    return "0" * (len(parsed.bits) if parsed is not None else len(next(iter(specs))))
+
+
+def describe(label: str) -> str:
+    """Say which groups a label unmasks, and its variant, e.g. ``0011`` -> ``groups 3-4``,
+    ``1011`` -> ``groups 1, 3-4``, ``0000+r1`` -> ``none (causal), input repeated 1x``,
+    ``0011@15`` -> ``groups 3-4, first 15 blocks``."""
+    parsed = parse_label(label)
+    if parsed is None:
+        return label
+    suffix = (f", input repeated {parsed.repeat}x" if parsed.repeat else "") + (
+        f", first {parsed.layers} blocks" if parsed.layers else ""
+    )
+    return describe_bits(parsed.bits) + suffix
+
+
+def describe_bits(spec: str) -> str:
+    """``0011`` -> ``groups 3-4``; all zeros -> ``none (causal)``."""
     on = [i + 1 for i, bit in enumerate(spec) if bit == "1"]
     if not on:
         return "none (causal)"
@@ -168,18 +265,51 @@ def best_spec(specs: dict[str, Summary]) -> str:
     return max(specs, key=lambda spec: specs[spec].f.mean)
 
 
+def cost_text(summary: Summary) -> str:
+    """Mean training seconds per update over seeds (``0.55``; ``0.55 (2 of 3 seeds)`` when some runs lack
+    a time), or ``n/a`` when no run recorded train_seconds and max_steps."""
+    stat = summary.per_update
+    if stat is None:
+        return "n/a"
+    text = f"{stat.mean:,.0f}" if stat.mean >= 1000 else f"{stat.mean:.3g}"
+    return text if stat.n == summary.f.n else f"{text} ({stat.n} of {summary.f.n} seeds)"
+
+
+def compute_line(specs: dict[str, Summary]) -> str:
+    """The total training compute of all runs: the summed train_seconds, in hours."""
+    timed = sum(s.timed for s in specs.values())
+    untimed = sum(s.f.n for s in specs.values()) - timed
+    counted = f"(runs without a recorded time not counted: {untimed})"
+    if not timed:
+        return f"Compute: no training time recorded {counted}."
+    hours = sum(s.train_seconds for s in specs.values()) / 3600
+    runs = "1 run" if timed == 1 else f"{timed} runs"
+    return f"Compute: {hours:.2f} CPU-hours of training, the summed wall time of `spacy train` over {runs} {counted}."
+
+
 def seeds_text(summary: Summary) -> str:
     """``3 (0, 1, 2)``, or ``1`` for a file without a seed."""
     known = [str(s) for s in summary.seeds if s is not None]
     return f"{len(summary.seeds)} ({', '.join(known)})" if known else str(len(summary.seeds))
 
 
-def summary_line(specs: dict[str, Summary]) -> str:
-    """State the best spec, its F1 difference to the fully causal spec, and whether that exceeds the seed spread."""
+def spread_verdict(verdict: bool | None) -> str:
+    """The end of a summary sentence for exceeds_spread's answer."""
+    if verdict is None:
+        return "; one seed only, so no seed spread to compare with."
+    return "; the difference exceeds the seed spread." if verdict else "; the difference is within the seed spread."
+
+
+def summary_line(specs: dict[str, Summary], prefix: str = "Best configuration") -> str:
+    """State the best plain spec, its F1 difference to the fully causal spec, and whether that exceeds
+    the seed spread (variant rows are left out: see summary_lines)."""
+    specs = plain_specs(specs)
+    if not specs:
+        return "No plain unmask spec (a label without +r<k> or @<n>) among the runs, so no heatmap."
     best = best_spec(specs)
     s = specs[best]
     seeds = f" over {s.f.n} seeds" if s.f.n > 1 else ""
-    line = f"Best configuration: `{best}` ({describe(best)}), F1 {s.f.text()}{seeds}"
+    line = f"{prefix}: `{best}` ({describe(best)}), F1 {s.f.text()}{seeds}"
     causal = "0" * len(best)
     if causal not in specs:
         return line + f"; no fully causal run (`{causal}`) to compare with."
@@ -188,32 +318,73 @@ def summary_line(specs: dict[str, Summary]) -> str:
     verdict = exceeds_spread(s.f, c)
     if best == causal:
         return line + "."
-    if verdict is None:
-        return line + "; one seed only, so no seed spread to compare with."
-    return line + (
-        "; the difference exceeds the seed spread." if verdict else "; the difference is within the seed spread."
-    )
+    return line + spread_verdict(verdict)
+
+
+def summary_lines(specs: dict[str, Summary]) -> list[str]:
+    """The summary: the best plain spec vs. the causal one; with variants, also the best variant vs.
+    the best plain spec (with the same seed-spread rule) and the best row overall."""
+    variants = variant_specs(specs)
+    if not variants:
+        return [summary_line(specs)]
+    plain = plain_specs(specs)
+    lines = [summary_line(specs, prefix="Best plain spec")]
+    name = best_spec(variants)
+    v = variants[name]
+    seeds = f" over {v.f.n} seeds" if v.f.n > 1 else ""
+    line = f"Best variant: `{name}` ({describe(name)}), F1 {v.f.text()}{seeds}"
+    if plain:
+        top = best_spec(plain)
+        b = plain[top].f
+        line += f", {100 * (v.f.mean - b.mean):+.1f} points vs. the best plain spec `{top}` ({b.text()})"
+        line += spread_verdict(exceeds_spread(v.f, b))
+    else:
+        line += "."
+    lines.append(line)
+    best = best_spec(specs)
+    kind = "a variant" if best in variants else "a plain spec"
+    lines.append(f"Best row overall: `{best}` ({describe(best)}), {kind}, F1 {specs[best].f.text()}.")
+    return lines
 
 
 def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | None) -> str:
-    """The report: one row per spec (best in bold), the baselines, the spread rule and the summary line."""
+    """The report: one row per run label (plain specs, then variants; the best in bold), the baselines,
+    the spread rule, the summary lines and the compute line."""
     best = best_spec(specs)
-    causal = specs.get("0" * len(best))
+    plain = plain_specs(specs)
+    best_plain = best_spec(plain) if plain else None
+    causal_spec = causal_label(specs)
+    causal = specs.get(causal_spec)
+    variants = bool(variant_specs(specs))
     lines = [
         "# Unmasked layer groups: span scores on the held-out test split",
         "",
         "Spec bits run from the group nearest the input (left) to the output (right); 1 = bidirectional. "
-        "Scores are mean ± sample standard deviation over seeds (one value: one seed), in %.",
+        "Scores are mean ± sample standard deviation over seeds (one value: one seed), in %. "
+        "Train s/update = wall time of `spacy train` / max_steps (mean over seeds); "
+        "Words/s = inference speed on the test split.",
+    ]
+    if variants:
+        lines += [
+            "",
+            "Variant rows (after the plain specs): `+r<k>` = the input repeated k more times (sequence repetition), "
+            "`@<n>` = features from the first n decoder blocks instead of the sweep's default; "
+            "the heatmap shows the plain specs only.",
+        ]
+    lines += [
         "",
-        "| Spec | Unmasked | F1 | P | R | Seeds | Words/s | Δ F1 vs causal |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Spec | Unmasked | F1 | P | R | Seeds | Train s/update | Words/s | Δ F1 vs causal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for spec, s in specs.items():
-        cells = [spec, describe(spec), s.f.text(), s.p.text(), s.r.text(), seeds_text(s), f"{s.wps.mean:,.0f}"]
-        cells.append("—" if causal is not None and spec == "0" * len(spec) else delta_text(s.f, causal))
+        cells = [spec, describe(spec), s.f.text(), s.p.text(), s.r.text(), seeds_text(s), cost_text(s)]
+        cells.append(f"{s.wps.mean:,.0f}")
+        cells.append("—" if causal is not None and spec == causal_spec else delta_text(s.f, causal))
         if spec == best:
             cells = [f"**{cell}**" for cell in cells]
             cells[0] += " (best)"
+        elif spec == best_plain:
+            cells[0] += " (best plain spec)"
         lines.append("| " + " | ".join(cells) + " |")
     if baselines is not None:
         lines += ["", "## Baselines", ""]
@@ -224,13 +395,19 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
                 lines.append("| " + " | ".join(cells) + " |")
         else:
             lines.append("No baseline metrics found.")
-    lines += ["", SPREAD_RULE + ".", "", summary_line(specs), ""]
-    return "\n".join(lines)
+    lines += ["", SPREAD_RULE + "."]
+    for line in [*summary_lines(specs), compute_line(specs)]:
+        lines += ["", line]
+    return "\n".join([*lines, ""])
 
 
 def draw_heatmap(specs: dict[str, Summary], path: Path) -> Figure:
     """Groups (y, group 1 at the bottom) by configurations (x); unmasked cells coloured by mean F1,
-    mean ± SD above each column, marked where the difference to the causal spec exceeds the seed spread."""
+    mean ± SD above each column, marked where the difference to the causal spec exceeds the seed spread.
+    Only plain specs are drawn (variant rows are left out); ValueError without any."""
+    specs = plain_specs(specs)
+    if not specs:
+        raise ValueError("No plain unmask spec to draw (only variant labels).")
     names = list(specs)
     m = len(names[0])
     f1 = np.array([100 * specs[spec].f.mean for spec in names])
@@ -296,8 +473,8 @@ def main(
     output_dir: Path,
     baselines: Annotated[Path | None, typer.Option(help="Directory of baseline metrics JSON files")] = None,
 ):
-    """Write OUTPUT_DIR/report.md and OUTPUT_DIR/heatmap.png from the spec metrics in METRICS_DIR
-    (``<spec>.seed<k>.json`` per seed, or single ``<spec>.json`` files)."""
+    """Write OUTPUT_DIR/report.md and OUTPUT_DIR/heatmap.png from the run metrics in METRICS_DIR
+    (``<label>.seed<k>.json`` per seed, or single ``<label>.json`` files; label ``<spec>[+r<k>][@<n>]``)."""
     runs = load_dir(metrics_dir) if metrics_dir.is_dir() else {}
     if not runs:
         sys.exit(
@@ -315,10 +492,19 @@ def main(
         sys.exit(str(error))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "report.md").write_text(markdown_report(specs, baseline_runs), encoding="utf8")
-    draw_heatmap(specs, output_dir / "heatmap.png")
+    heatmap = output_dir / "heatmap.png"
+    if plain_specs(specs):
+        draw_heatmap(specs, heatmap)
+        outputs = f"{output_dir / 'report.md'}, heatmap.png"
+    else:
+        heatmap.unlink(missing_ok=True)  # a stale one would show another sweep
+        outputs = f"{output_dir / 'report.md'} (no plain specs, so no heatmap)"
     n_runs = sum(s.f.n for s in specs.values())
-    print(f"{len(specs)} configurations ({n_runs} runs) from {metrics_dir} -> {output_dir / 'report.md'}, heatmap.png")
-    print(summary_line(specs).replace("`", ""))
+    n_variants = len(variant_specs(specs))
+    of_which = f", {n_variants} of them variants" if n_variants else ""
+    print(f"{len(specs)} configurations ({n_runs} runs){of_which} from {metrics_dir} -> {outputs}")
+    for line in [*summary_lines(specs), compute_line(specs)]:
+        print(line.replace("`", ""))
 
 
 if __name__ == "__main__":

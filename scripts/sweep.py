@@ -1,16 +1,23 @@
-"""Train and evaluate one pipeline per (unmask spec, seed) with the same settings,
+"""Train and evaluate one pipeline per (run label, seed) with the same settings,
 skipping those that already have metrics (so a sweep resumes): one after the other,
 or as Ray tasks, one per GPU (or CPU slot), on this machine or a Ray cluster.
 
-Layout (scripts/report.py reads it): ``METRICS_DIR/<spec>.seed<k>.json`` is
-scripts/evaluate.py's JSON plus the top-level keys "spec" (str) and "seed" (int),
-added last and atomically: a file with both keys is a finished run.
+A run label is an unmask spec with optional variants: ``<spec>[+r<k>][@<n>]``,
+where ``+r<k>`` repeats the input k more times (sequence repetition; the config's
+architecture must have ``repeat``, e.g. UnmaskedTransformer.v2) and ``@<n>`` takes
+features from the first n decoder blocks instead of ``--num-layers``.
+
+Layout (scripts/report.py reads it): ``METRICS_DIR/<label>.seed<k>.json`` is
+scripts/evaluate.py's JSON plus the top-level keys "repeat", "num_layers",
+"train_seconds", "max_steps", and then "spec" (the label) and "seed" (int),
+added last and atomically: a file with "spec" and "seed" is a finished run.
 ``TRAINING_DIR/<spec>.seed<k>`` holds the trained pipelines.
 """
 
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,6 +52,29 @@ def expand_specs(specs: str) -> list[str]:
         else:
             out.append(item)
     return list(dict.fromkeys(out))
+
+
+VARIANT = re.compile(r"(?P<spec>[^+@]+)(?:\+r(?P<repeat>[1-9][0-9]*))?(?:@(?P<layers>[1-9][0-9]*))?")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a run label asks for: the unmask spec, repetitions and a num_layers override."""
+
+    spec: str
+    repeat: int = 0
+    num_layers: int | None = None
+
+
+def parse_label(label: str) -> Variant:
+    """``0011+r1@15`` → Variant("0011", repeat=1, num_layers=15)."""
+    match = VARIANT.fullmatch(label)
+    if match is None:
+        raise typer.BadParameter(
+            f"{label!r} is not a run label: use <spec>[+r<k>][@<n>], e.g. 0011, 0000+r1 or 0011+r1@15"
+        )
+    layers = match["layers"]
+    return Variant(match["spec"], int(match["repeat"] or 0), int(layers) if layers else None)
 
 
 def parse_seeds(seeds: str | None, seed: int) -> list[int]:
@@ -106,6 +136,8 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
     metrics with "spec" and "seed" (written to a temporary file and renamed)."""
     started = time.time()
     name = run_name(spec, seed)
+    variant = parse_label(spec)
+    num_layers = settings.num_layers if variant.num_layers is None else str(variant.num_layers)
     output = Path(settings.training_dir) / name
     metrics = Path(settings.metrics_dir) / f"{name}.json"
     corpus = Path(settings.corpus)
@@ -122,8 +154,9 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         f"--paths.train={corpus / 'train.spacy'}",
         f"--paths.dev={corpus / 'dev.spacy'}",
         f"--paths.base_model={settings.base_model}",
-        f'--components.transformer.model.unmask="{spec}"',
-        f"--components.transformer.model.num_layers={settings.num_layers}",
+        f'--components.transformer.model.unmask="{variant.spec}"',
+        f"--components.transformer.model.num_layers={num_layers}",
+        *([f"--components.transformer.model.repeat={variant.repeat}"] if variant.repeat else []),
         f"--training.max_steps={settings.max_steps}",
         f"--training.eval_frequency={settings.eval_frequency}",
         f"--system.seed={seed}",
@@ -138,25 +171,37 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         "--name",
         spec,
     ]
+    seconds = {}
     if log is None:
-        for command in (train, evaluate):
+        for step, command in (("train", train), ("evaluate", evaluate)):
+            begin = time.time()
             subprocess.run(command, check=True)
+            seconds[step] = time.time() - begin
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w", encoding="utf8") as file:
-            for command in (train, evaluate):
+            for step, command in (("train", train), ("evaluate", evaluate)):
+                begin = time.time()
                 result = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT)
+                seconds[step] = time.time() - begin
                 if result.returncode != 0:
                     file.flush()
                     tail = log.read_text(encoding="utf8", errors="replace")[-2000:]
                     raise RuntimeError(f"{name}: {command[1:4]} failed (exit {result.returncode}); log {log}:\n{tail}")
-    stamp(metrics, spec=spec, seed=seed)
+    extra = {
+        "repeat": variant.repeat,
+        "num_layers": None if num_layers == "null" else int(num_layers),
+        "train_seconds": round(seconds["train"], 1),
+        "max_steps": settings.max_steps,
+    }
+    stamp(metrics, spec=spec, seed=seed, **extra)
     return Finished(spec, seed, str(metrics), started, time.time(), os.getpid())
 
 
-def stamp(metrics: Path, *, spec: str, seed: int) -> None:
-    """Add "spec" and "seed" to evaluate.py's JSON, atomically (this marks the run finished)."""
+def stamp(metrics: Path, *, spec: str, seed: int, **extra: Any) -> None:
+    """Add ``extra``, then "spec" and "seed" to evaluate.py's JSON, atomically (this marks the run finished)."""
     content: dict[str, Any] = json.loads(metrics.read_text(encoding="utf8"))
+    content.update(extra)
     content.update(spec=spec, seed=seed)
     temporary = metrics.with_name(f".{metrics.name}.tmp{os.getpid()}")
     temporary.write_text(json.dumps(content, indent=2), encoding="utf8")
@@ -236,7 +281,10 @@ def sweep(
 ) -> list[Finished]:
     """Train and evaluate every (spec, seed) without finished metrics; returns the runs done now."""
     runs = []
-    for spec in expand_specs(specs):
+    labels = expand_specs(specs)
+    for label in labels:
+        parse_label(label)  # fail before any training on a malformed label
+    for spec in labels:
         for seed in seeds:
             if is_finished(metrics_dir / f"{run_name(spec, seed)}.json"):
                 print(f"{run_name(spec, seed)}: metrics exist, skipped")

@@ -71,8 +71,9 @@ def write_dir(directory: Path, runs: dict) -> Path:
 
 
 def row(text: str, first_cell: str) -> list[str]:
-    """The cells of the table row whose first cell starts with FIRST_CELL."""
-    (line,) = [ln for ln in text.splitlines() if re.match(rf"\| (\*\*)?{re.escape(first_cell)}\b", ln)]
+    """The cells of the table row whose first cell is FIRST_CELL (bold or not, maybe with a "(best ...)" note)."""
+    pattern = rf"\| (\*\*)?{re.escape(first_cell)}(\*\*)? (\||\()"
+    (line,) = [ln for ln in text.splitlines() if re.match(pattern, ln)]
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -89,7 +90,8 @@ def test_report_shows_mean_and_sd_over_seeds_and_marks_differences_beyond_the_sp
     spec_rows = [ln for ln in text.splitlines() if re.match(r"\| (\*\*)?[01]+\b", ln)]
     assert [re.search(r"[01]+", ln).group() for ln in spec_rows] == ["0000", "0001", "0011", "1111"]
     assert row(text, "0000") == [
-        "0000", "none (causal)", mean_sd(F1["0000"]), mean_sd(P["0000"]), mean_sd(R["0000"]), "3 (0, 1, 2)", "910", "—"
+        "0000", "none (causal)", mean_sd(F1["0000"]), mean_sd(P["0000"]), mean_sd(R["0000"]), "3 (0, 1, 2)",
+        "n/a", "910", "—",
     ]  # fmt: skip
     # 0001: +2.0 points, within SD(0001) + SD(0000) = 4.6 + 2.0: no mark
     d0001 = 100 * (statistics.fmean(F1["0001"]) - statistics.fmean(F1["0000"]))
@@ -100,7 +102,7 @@ def test_report_shows_mean_and_sd_over_seeds_and_marks_differences_beyond_the_sp
     assert row(text, "0011")[2] == f"**{mean_sd(F1['0011'])}**" and row(text, "0011")[-1] == f"**{d0011:+.1f}†**"
     assert text.count("(best)") == 1
     # the old single file: one value, no SD, one seed, and no mark (no spread to compare)
-    assert row(text, "1111") == ["1111", "groups 1-4", "52.3", "56.0", "49.1", "1", "850", "+2.3"]
+    assert row(text, "1111") == ["1111", "groups 1-4", "52.3", "56.0", "49.1", "1", "n/a", "850", "+2.3"]
 
     assert row(text, "spaCy CNN tok2vec") == [
         "spaCy CNN tok2vec", mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]),
@@ -146,7 +148,7 @@ def test_single_seed_files_report_without_spread(report, tmp_path):
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "1", "910", "—"]
+    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "1", "n/a", "910", "—"]
     assert row(text, "0011")[-1] == "**+7.1**"  # no mark without a spread
     assert "one seed only, so no seed spread to compare with" in text
     assert "## Baselines" not in text
@@ -199,3 +201,186 @@ def test_bad_inputs_exit_with_the_fix(report, tmp_path):
     unknown = {"0011": {"name": "x", "words_per_second": 1.0}}
     with pytest.raises(SystemExit, match="have neither scores/main nor strict_span"):
         report.main(write_dir(tmp_path / "unknown", unknown), tmp_path / "r4")
+
+
+# Variant runs (label <spec>[+r<k>][@<n>]): F1 per seed, and train_seconds per seed (None: not recorded).
+# 0011+r1@15 is the best row overall: +10.0 vs 0000 (beyond the spread) but +2.8 vs the best plain spec
+# 0011, within SD(0011+r1@15) + SD(0011) = 2.0 + 1.3. 0000+r1: +6.0 vs 0000 > 1.0 + 2.0 (marked);
+# 0011@15: +1.0 (not marked); none+r2 (read as 0000+r2): one seed, no mark.
+VARIANT_F1 = {
+    "0000+r1": [0.55, 0.56, 0.57],
+    "none+r2": [0.49],
+    "0011@15": [0.50, 0.52],
+    "0011+r1@15": [0.58, 0.60, 0.62],
+}
+TRAIN_SECONDS = {
+    "0000+r1": [300.0, 330.0, 360.0],  # / 600 steps: 0.5, 0.55, 0.6
+    "none+r2": [None],
+    "0011@15": [120.0, None],  # 0.2, on one of two seeds
+    "0011+r1@15": [720.0, 720.0, 720.0],  # 1.2
+}
+MAX_STEPS = 600
+
+
+def variant_runs() -> dict[str, dict]:
+    """The sweep's plain runs plus variant runs, stamped as scripts/sweep.py does."""
+    runs = sweep_runs()
+    for label, values in VARIANT_F1.items():
+        for seed, f in enumerate(values):
+            run = metrics(label, f, f, f, seed=seed, wps=400.0)
+            repeat = 2 if label == "none+r2" else int("+r1" in label)
+            run |= {"repeat": repeat, "num_layers": 15 if "@15" in label else None, "max_steps": MAX_STEPS}
+            if TRAIN_SECONDS[label][seed] is not None:
+                run["train_seconds"] = TRAIN_SECONDS[label][seed]
+            run |= {"spec": label, "seed": seed}
+            runs[f"{label}.seed{seed}"] = run
+    return runs
+
+
+def delta(label: str, against: list[float]) -> float:
+    return 100 * (statistics.fmean(VARIANT_F1[label]) - statistics.fmean(against))
+
+
+def test_variant_rows_follow_the_plain_specs_with_description_cost_delta_and_mark(report, tmp_path, capsys):
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", variant_runs()), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+
+    table = [ln for ln in text.splitlines() if re.match(r"\| (\*\*)?[01]+", ln)]
+    labels = [re.match(r"\| (\*\*)?([01]+[^ *|]*)", ln).group(2) for ln in table]
+    assert labels == ["0000", "0001", "0011", "1111", "0000+r1", "0000+r2", "0011@15", "0011+r1@15"]
+
+    d = delta("0000+r1", F1["0000"])  # +6.0 > SD 1.0 + SD 2.0: marked
+    assert row(text, "0000+r1") == [
+        "0000+r1", "none (causal), input repeated 1x", mean_sd(VARIANT_F1["0000+r1"]),
+        mean_sd(VARIANT_F1["0000+r1"]), mean_sd(VARIANT_F1["0000+r1"]), "3 (0, 1, 2)", "0.55", "400", f"{d:+.1f}†",
+    ]  # fmt: skip
+    d = delta("none+r2", F1["0000"])  # one seed: no mark
+    assert row(text, "0000+r2") == [
+        "0000+r2", "none (causal), input repeated 2x", "49.0", "49.0", "49.0", "1 (0)", "n/a", "400", f"{d:+.1f}"
+    ]  # fmt: skip
+    d = delta("0011@15", F1["0000"])  # +1.0 < SD 1.4 + SD 2.0: no mark
+    assert row(text, "0011@15")[1] == "groups 3-4, first 15 blocks"
+    assert row(text, "0011@15")[6:] == ["0.2 (1 of 2 seeds)", "400", f"{d:+.1f}"]
+    d = delta("0011+r1@15", F1["0000"])  # +10.0 > 2.0 + 2.0: marked; the best row overall, in bold
+    best = row(text, "0011+r1@15")
+    assert best[0] == "**0011+r1@15** (best)" and best[1] == "**groups 3-4, input repeated 1x, first 15 blocks**"
+    assert best[6:] == ["**1.2**", "**400**", f"**{d:+.1f}†**"]
+    assert text.count("(best)") == 1
+    assert row(text, "0011")[0] == "0011 (best plain spec)"  # no longer bold
+
+    d0011 = 100 * (statistics.fmean(F1["0011"]) - statistics.fmean(F1["0000"]))
+    lines = text.splitlines()
+    assert (
+        f"Best plain spec: `0011` (groups 3-4), F1 {mean_sd(F1['0011'])} over 3 seeds, {d0011:+.1f} points vs. "
+        f"the fully causal `0000` ({mean_sd(F1['0000'])}); the difference exceeds the seed spread."
+    ) in lines
+    d = delta("0011+r1@15", F1["0011"])  # +2.8 < SD 2.0 + SD 1.3: within the spread
+    assert f"{d:+.1f}" == "+2.8"
+    assert (
+        f"Best variant: `0011+r1@15` (groups 3-4, input repeated 1x, first 15 blocks), F1 "
+        f"{mean_sd(VARIANT_F1['0011+r1@15'])} over 3 seeds, {d:+.1f} points vs. the best plain spec `0011` "
+        f"({mean_sd(F1['0011'])}); the difference is within the seed spread."
+    ) in lines
+    assert (
+        f"Best row overall: `0011+r1@15` (groups 3-4, input repeated 1x, first 15 blocks), a variant, "
+        f"F1 {mean_sd(VARIANT_F1['0011+r1@15'])}."
+    ) in lines
+    assert "`+r<k>` = the input repeated k more times" in text and "the heatmap shows the plain specs only" in text
+
+    stdout = capsys.readouterr().out
+    assert "8 configurations (19 runs), 4 of them variants" in stdout and "Best variant: 0011+r1@15" in stdout
+    assert (out / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_variant_beyond_the_spread_of_the_best_plain_spec(report, tmp_path):
+    runs = {f"0000.seed{k}": metrics("0000", f, f, f, seed=k) | {"spec": "0000"} for k, f in enumerate([0.5, 0.51])}
+    for k, f in enumerate([0.60, 0.61]):
+        runs[f"0000+r1.seed{k}"] = metrics("0000+r1", f, f, f, seed=k) | {"spec": "0000+r1"}
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "0000+r1")[0] == "**0000+r1** (best)" and row(text, "0000+r1")[-1] == "**+10.0†**"
+    assert row(text, "0000")[0] == "0000 (best plain spec)" and row(text, "0000")[-1] == "—"
+    assert "points vs. the best plain spec `0000` (50.5 ± 0.7); the difference exceeds the seed spread." in text
+
+
+def test_heatmap_leaves_out_variant_rows(report, tmp_path):
+    specs = report.normalise_specs(variant_runs())
+    assert len(specs) == 8
+    fig = report.draw_heatmap(specs, tmp_path / "heatmap.png")
+    (ax,) = [a for a in fig.axes if a.get_xlabel()]
+    ticks = [lbl.get_text() for lbl in ax.get_xticklabels()]
+    assert ticks == ["0000", "0001", "0011", "1111"]  # one column per plain spec
+    assert ax.get_images()[0].get_array().shape == (4, 4)  # groups x plain specs
+    assert len(ax.texts) == 4
+    # the outlined best column is the best plain spec, though a variant has the best F1 overall
+    assert [lbl.get_text() for lbl in ax.get_xticklabels() if lbl.get_color() == "crimson"] == ["0011"]
+    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec)"
+
+
+def test_only_variant_labels_report_without_heatmap(report, tmp_path):
+    runs = {"0011+r1.seed0": metrics("0011+r1", 0.5, 0.5, 0.5, seed=0) | {"spec": "0011+r1"}}
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "heatmap.png").write_bytes(b"stale")
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "0011+r1")[0] == "**0011+r1** (best)" and row(text, "0011+r1")[-1] == "**n/a**"
+    assert "No plain unmask spec" in text and not (out / "heatmap.png").exists()
+
+
+@pytest.mark.parametrize("label", ["abc", "0011+x", "0011+r0", "0011@", "0011@15+r1", "0012+r1", "none+r"])
+def test_malformed_labels_exit_naming_the_label_and_the_grammar(report, tmp_path, label):
+    runs = {
+        "0000.seed0": metrics("0000", 0.5, 0.5, 0.5, seed=0) | {"spec": "0000"},
+        f"{label}.seed0": metrics(label, 0.5, 0.5, 0.5, seed=0) | {"spec": label},
+    }
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(write_dir(tmp_path / "metrics", runs), tmp_path / "report")
+    message = str(exit_info.value.code)
+    assert (
+        f"{label!r}:" in message
+        and "<spec>[+r<k>][@<n>]" in message
+        and "must be named after an unmask spec" in message
+    )
+    assert not (tmp_path / "report").exists()
+
+
+def test_variant_labels_must_share_the_spec_length(report, tmp_path):
+    runs = {"0011": metrics("0011", 0.5, 0.5, 0.5), "011+r1": metrics("011+r1", 0.5, 0.5, 0.5) | {"spec": "011+r1"}}
+    with pytest.raises(SystemExit, match=r"different lengths \[3, 4\]"):
+        report.main(write_dir(tmp_path / "metrics", runs), tmp_path / "report")
+
+
+def test_compute_line_sums_train_seconds_of_all_runs(report, tmp_path, capsys):
+    runs = {
+        "0000.seed0": metrics("0000", 0.4, 0.4, 0.4, seed=0) | {"train_seconds": 5400.0, "max_steps": 600},
+        "0000.seed1": metrics("0000", 0.4, 0.4, 0.4, seed=1) | {"train_seconds": None, "max_steps": 600},
+        "0011+r1.seed0": metrics("0011+r1", 0.5, 0.5, 0.5, seed=0) | {"train_seconds": 1800.0, "max_steps": 600},
+        "0011@15.seed0": metrics("0011@15", 0.5, 0.5, 0.5, seed=0),  # an old file: no time
+    }
+    for stem, run in runs.items():
+        run["spec"] = stem.split(".seed")[0]
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    line = (
+        "Compute: 2.00 CPU-hours of training, the summed wall time of `spacy train` over 2 runs "
+        "(runs without a recorded time not counted: 2)."
+    )
+    assert line in text.splitlines()
+    assert row(text, "0000")[6] == "9 (1 of 2 seeds)" and row(text, "0011+r1")[6] == "3"
+    assert line.replace("`", "") in capsys.readouterr().out
+
+    specs = report.normalise_specs(sweep_runs())  # no recorded times at all
+    assert (
+        report.compute_line(specs)
+        == "Compute: no training time recorded (runs without a recorded time not counted: 10)."
+    )
+
+
+def test_describe_variants(report):
+    assert report.describe("0000+r1") == "none (causal), input repeated 1x"
+    assert report.describe("0011@15") == "groups 3-4, first 15 blocks"
+    assert report.describe("1011+r3@30") == "groups 1, 3-4, input repeated 3x, first 30 blocks"

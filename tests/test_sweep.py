@@ -149,3 +149,39 @@ def test_schedule_total_steps_follows_max_steps(sweep):
     assert sweep.schedule_overrides(configs / "ner.cfg", 150) == ["--training.optimizer.learn_rate.total_steps=150"]
     assert sweep.schedule_overrides(configs / "ner.cfg", 0) == []  # epochs: the config's own value stays
     assert sweep.schedule_overrides(configs / "paper_ner.cfg", 150) == []  # a constant learning rate
+
+
+def test_variant_labels_set_repeat_and_num_layers(sweep, tmp_path, monkeypatch):
+    """0000+r1@15 trains unmask 0000 with repeat 1 on the first 15 blocks; the metrics record the variant
+    and the training time; a plain label passes no repeat override."""
+    calls = fake_runs(sweep, monkeypatch)
+    sweep.sweep(
+        Path("c.cfg"),
+        Path("corpus"),
+        tmp_path / "training",
+        tmp_path / "metrics",
+        specs="0000+r1@15,0011",
+        base_model="base",
+        seeds=[0],
+        max_steps=10,
+        num_layers="20",
+    )
+    trains = [c for c in calls if "train" in c]
+    assert '--components.transformer.model.unmask="0000"' in trains[0]
+    assert "--components.transformer.model.repeat=1" in trains[0]
+    assert "--components.transformer.model.num_layers=15" in trains[0]
+    assert not any("model.repeat" in arg for arg in trains[1])
+    assert "--components.transformer.model.num_layers=20" in trains[1]
+    stamped = json.loads((tmp_path / "metrics" / "0000+r1@15.seed0.json").read_text())
+    assert stamped["spec"] == "0000+r1@15" and stamped["repeat"] == 1 and stamped["num_layers"] == 15
+    assert stamped["max_steps"] == 10 and stamped["train_seconds"] >= 0
+
+
+@pytest.mark.parametrize("label", ["0011+x", "0011+r0", "0011@", "+r1"])
+def test_malformed_labels_fail_before_training(sweep, tmp_path, monkeypatch, label):
+    calls = fake_runs(sweep, monkeypatch)
+    with pytest.raises(typer.BadParameter, match="is not a run label: use <spec>"):
+        sweep.sweep(
+            Path("c.cfg"), Path("corpus"), tmp_path / "t", tmp_path / "m", specs=label, base_model="b", seeds=[0]
+        )
+    assert calls == []
