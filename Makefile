@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m spacy project run $(WORKFLOW)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 env: $(STAMP)
 

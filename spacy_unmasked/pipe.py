@@ -35,6 +35,7 @@ META_KEY = "unmasked"
         "set_extra_annotations": {"@annotation_setters": "spacy-transformers.null_annotation_setter.v1"},
         "max_batch_items": 4096,
         "merge_lora": True,
+        "dequantize": True,
     },
 )
 def make_unmasked_transformer(
@@ -44,14 +45,20 @@ def make_unmasked_transformer(
     set_extra_annotations: Callable[[list[Doc], FullTransformerBatch], None],
     max_batch_items: int,
     merge_lora: bool,
+    dequantize: bool,
 ) -> "UnmaskedTransformer":
     """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer`` (v1, v2)
     models that saves its model as a folder of files. ``merge_lora``: a loaded
     LoRA pipeline on an unquantized base merges its adapters into the base
-    weights before its first prediction (faster; unmerged again if it trains)."""
+    weights before its first prediction (faster; unmerged again if it trains).
+    ``dequantize``: a loaded quantized pipeline predicts with its base
+    dequantized to the compute dtype and its adapters folded in (faster, where
+    memory allows; the quantized layers come back if it trains); false keeps
+    predicting with the quantized base."""
     component = UnmaskedTransformer(nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name)
     component._nlp = weakref.ref(nlp)
     component._shim.merge.enabled = merge_lora
+    component._shim.dequantize = dequantize
     return component
 
 

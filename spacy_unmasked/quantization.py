@@ -63,3 +63,82 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def is_quantized_linear(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a bitsandbytes 4-bit or 8-bit linear layer."""
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt") and hasattr(module, "weight")
+
+
+class DequantizedInference:
+    """A loaded quantized pipeline predicting with its base dequantized to the
+    compute dtype and its LoRA adapters folded in: the function it was trained
+    as (up to rounding to the compute dtype), at the speed of a plain matmul.
+    :meth:`restore` puts the quantized layers and separate adapters back, e.g.
+    before training resumes; the saved files are unaffected either way."""
+
+    def __init__(self) -> None:
+        self._swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether the model currently runs dequantized."""
+        return bool(self._swapped)
+
+    @staticmethod
+    def extra_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+        """Memory the dequantized weights take (the quantized ones stay alongside)."""
+        size = torch.empty((), dtype=dtype).element_size()
+        return sum(m.in_features * m.out_features * size for m in model.modules() if is_quantized_linear(m))
+
+    def apply(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        """Swap every quantized linear layer (with its LoRA wrapper, if any) for
+        an ``nn.Linear`` in ``dtype`` holding the dequantized weight plus the
+        adapters' delta."""
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.integrations import dequantize_bnb_weight
+
+        if self.active:
+            return
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, LoraLayer) and is_quantized_linear(child.get_base_layer()):
+                    base = child.get_base_layer()
+                    weight = dequantize_bnb_weight(base.weight, state=getattr(base, "state", None)).float()
+                    for adapter in child.active_adapters:
+                        weight = weight + child.get_delta_weight(adapter).float()
+                elif is_quantized_linear(child) and name != "base_layer":
+                    base = child
+                    weight = dequantize_bnb_weight(base.weight, state=getattr(base, "state", None)).float()
+                else:
+                    continue
+                linear = torch.nn.Linear(
+                    base.in_features, base.out_features, bias=base.bias is not None, dtype=dtype, device=weight.device
+                )
+                with torch.no_grad():
+                    linear.weight.copy_(weight.to(dtype))
+                    if base.bias is not None:
+                        linear.bias.copy_(base.bias.to(dtype))
+                linear.requires_grad_(False)
+                setattr(parent, name, linear)
+                self._swapped.append((parent, name, child))
+
+    def restore(self) -> None:
+        """Put the quantized layers and their adapters back."""
+        for parent, name, original in reversed(self._swapped):
+            setattr(parent, name, original)
+        self._swapped = []
+
+
+def memory_available(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

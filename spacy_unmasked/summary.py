@@ -20,10 +20,12 @@ def describe(shim: UnmaskedShim) -> dict[str, Any]:
         "quantization": None,
         "torch_dtype": settings.torch_dtype,
         "attn_implementation": settings.attn_implementation,
+        "inference": None,
     }
     data = settings.to_dict()
     summary["lora"], summary["quantization"] = data["lora"], data["quantization"]
     if shim.is_loaded:
+        summary["inference"] = shim.inference_form
         summary["layers"] = list(shim.handle.layers)
         summary["num_layers"] = shim.model.config.num_hidden_layers
         base_weights = [p for n, p in shim.model.named_parameters() if "lora_" not in n and p.is_floating_point()]
@@ -53,6 +55,8 @@ def one_line(summary: dict[str, Any]) -> str:
         kind = quantization["quant_type"] if quantization["bits"] == 4 else "int8"
         parts.append(f"{quantization['bits']}-bit {kind}")
     parts.append(str(summary["torch_dtype"]))
+    if summary.get("inference"):
+        parts.append(f"predicting {summary['inference']}")
     return ", ".join(parts)
 
 

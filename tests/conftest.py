@@ -33,3 +33,14 @@ def tiny_dirs(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+RAY_MODULES = ("test_ray_apply.py", "test_ray_serve.py", "test_search.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``), tests that start a local Ray run in one worker,
+    one module after the other, so two Ray instances never share the machine's cores."""
+    for item in items:
+        if item.path.name in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -21,6 +21,7 @@ FAMILIES = ("llama", "mistral", "qwen2")
 NF4 = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 4, "quant_type": "nf4", "double_quant": True}
 INT8 = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 8}
 TEXTS = ["Jane Smith visited Berlin.", "Apple Inc. hired Barack Obama in Paris last May.", "Hi"]
+KEEP_QUANTIZED = {"components": {"transformer": {"dequantize": False}}}
 
 
 def outputs(nlp, texts=TEXTS):
@@ -65,13 +66,26 @@ def test_qlora_trains_ner_and_spancat_saves_adapter_only_and_reloads(family, qua
     saved_bytes = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     base_bytes = (base / "model.safetensors").stat().st_size
     assert saved_bytes < base_bytes / 2, (saved_bytes, base_bytes)
-    reloaded = spacy.load(tmp_path / "p")
+    reloaded = spacy.load(tmp_path / "p", config=KEEP_QUANTIZED)
     assert expected_layer in quantized_layers(reloaded.get_pipe("transformer").model.transformer)
+    assert reloaded.meta["unmasked"]["inference"] == f"quantized {quantization['bits']}-bit"
     ents_a, scores_a, feats_a = outputs(nlp)
     ents_b, scores_b, feats_b = outputs(reloaded)
     assert ents_a == ents_b
     for a, b in zip(scores_a + feats_a, scores_b + feats_b, strict=True):
         numpy.testing.assert_array_equal(a, b)  # same quantized weights, same adapter: bit for bit
+    # by default a loaded quantized pipeline predicts dequantized, adapters folded in: the same
+    # function up to bfloat16 rounding
+    served = spacy.load(tmp_path / "p")
+    served_model = served.get_pipe("transformer").model.transformer
+    assert not quantized_layers(served_model)
+    dtype = str(served_model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # what activations run in
+    assert served.meta["unmasked"]["inference"] == f"dequantized {dtype}, adapters merged"
+    ents_c, scores_c, feats_c = outputs(served)
+    for a, c in zip(feats_a, feats_c, strict=True):
+        assert numpy.abs(a - c).max() <= 0.05 * numpy.abs(a).max() + 0.05, numpy.abs(a - c).max()
+    for a, c in zip(scores_a, scores_c, strict=True):
+        numpy.testing.assert_allclose(a, c, atol=0.05)
 
 
 def load_quantized(base, bits, attn="sdpa"):
@@ -194,7 +208,7 @@ def test_qlora_package_loads_by_name(tiny_dirs, tmp_path):
     import json
 
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["4bit"]
+    assert not out["4bit"]  # served dequantized, adapters folded in
     assert out["ents"] == [[list(e) for e in doc] for doc in expected]
 
 
@@ -216,7 +230,7 @@ def test_qlora_pipeline_embeds_its_base_unquantized_and_requantizes_it_identical
     original = load_file(str(base / "model.safetensors"))
     assert stored.keys() == original.keys() and all(torch.equal(stored[k], original[k]) for k in original)
     shutil.rmtree(base)
-    reloaded = spacy.load(tmp_path / "p")
+    reloaded = spacy.load(tmp_path / "p", config=KEEP_QUANTIZED)
     assert "Linear4bit" in quantized_layers(reloaded.get_pipe("transformer").model.transformer)
     ents_a, scores_a, feats_a = outputs(nlp)
     ents_b, scores_b, feats_b = outputs(reloaded)
@@ -241,7 +255,7 @@ def test_predictions_between_updates_leave_4bit_training_unchanged(family, tiny_
             nlp = make_nlp(tiny_dirs(family), lora=lora(r=8), quantization=NF4, components=("ner",))
             optimizer = nlp.initialize(lambda: examples(nlp))
         else:
-            nlp = spacy.load(path)
+            nlp = spacy.load(path, config=KEEP_QUANTIZED)
             optimizer = nlp.resume_training()
         if predict_first:
             list(nlp.pipe(TEXTS))
@@ -266,3 +280,32 @@ def test_predictions_between_updates_leave_4bit_training_unchanged(family, tiny_
     loaded_after_predict = adapters_after_update(True, tmp_path / "p")
     for name in loaded_plain:
         torch.testing.assert_close(loaded_after_predict[name], loaded_plain[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("quantization", [NF4, INT8], ids=["nf4", "int8"])
+def test_training_a_dequantized_pipeline_returns_to_the_quantized_base(quantization, tiny_dirs, tmp_path):
+    """A loaded pipeline predicting dequantized puts its quantized layers and separate adapters back
+    when it trains: the update equals that of a pipeline that never left the quantized form, the
+    adapter file stays adapter-only, and a save in between changes nothing."""
+    nlp = make_nlp(tiny_dirs("llama"), lora=lora(r=8), quantization=quantization, components=("ner",))
+    train(nlp, steps=4)
+    nlp.to_disk(tmp_path / "p")
+
+    def adapters_after_update(config):
+        loaded = spacy.load(tmp_path / "p", config=config)
+        optimizer = loaded.resume_training()
+        list(loaded.pipe(TEXTS))
+        loaded.to_disk(tmp_path / "again")
+        spacy.util.fix_random_seed(0)
+        loaded.update(examples(loaded), sgd=optimizer, drop=0.0)
+        model = loaded.get_pipe("transformer").model.transformer
+        assert quantized_layers(model), "training runs on the quantized base"
+        assert loaded.meta["unmasked"]["inference"] != "quantized"
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    served, kept = adapters_after_update({}), adapters_after_update(KEEP_QUANTIZED)
+    assert served.keys() == kept.keys() and served
+    for name in kept:
+        torch.testing.assert_close(served[name], kept[name], rtol=0, atol=0, msg=name)
+    saved = tmp_path / "again" / "transformer" / "model"
+    assert (saved / "adapter.safetensors").exists() and not (saved / "weights").exists()

@@ -2,6 +2,7 @@
 tokenizer, and its serialization. Building goes to ``build``, the saved form
 to ``folder``."""
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from ..folder import read_transformer, write_transformer
 from ..hub import load_unquantized_base
 from ..lora import AdapterMerge
 from ..masking import UnmaskHandle
+from ..quantization import DequantizedInference, memory_available
 from ..settings import Training, TransformerSettings
+
+logger = logging.getLogger("spacy_unmasked")
 
 
 class UnmaskedShim(PyTorchShim):
@@ -34,6 +38,8 @@ class UnmaskedShim(PyTorchShim):
         self.base: dict[str, Any] | None = None
         self.embed_base = False
         self.merge = AdapterMerge()
+        self.dequantize = True  # the component's ``dequantize`` switch, see load()
+        self.dequantized = DequantizedInference()
         self._embedded_source: str | None = None
 
     @property
@@ -69,14 +75,53 @@ class UnmaskedShim(PyTorchShim):
         return super().predict(inputs)
 
     def begin_update(self, inputs):
-        """Run the decoder for training; merged adapters are unmerged first, for good."""
+        """Run the decoder for training; merged adapters are unmerged first and a
+        dequantized base goes back to its quantized layers, for good."""
         self.merge.stop(self._model)
+        self.dequantized.restore()
         return super().begin_update(inputs)
+
+    @property
+    def inference_form(self) -> str:
+        """How the decoder predicts now, e.g. ``dequantized bfloat16, adapters merged``."""
+        if self.dequantized.active:
+            merged = ", adapters merged" if self.settings.training == Training.LORA else ""
+            dtype = str(self._activation_dtype()).removeprefix("torch.")
+            return f"dequantized {dtype}{merged}"
+        if self.settings.quantization is not None:
+            return f"quantized {self.settings.quantization.bits}-bit"
+        if self.merge.allowed and self.merge.enabled:
+            return "adapters merged"
+        return "as trained"
+
+    def _activation_dtype(self) -> torch.dtype:
+        """The dtype the decoder's hidden states run in (that of its embeddings)."""
+        return self._model.get_input_embeddings().weight.dtype
+
+    def _dequantize_for_inference(self) -> None:
+        """Predict with the quantized base dequantized and adapters folded in,
+        when the component allows it and the device has the memory."""
+        quantization = self.settings.quantization
+        if quantization is None or not self.dequantize or self.settings.training == Training.FULL:
+            return
+        dtype = self._activation_dtype()
+        needed = DequantizedInference.extra_bytes(self._model, dtype)
+        available = memory_available(self.device)
+        if available is not None and needed > 0.8 * available:
+            logger.warning(
+                "Keeping the quantized base for inference: dequantizing needs %.1f GB, %.1f GB are free.",
+                needed / 1e9,
+                available / 1e9,
+            )
+            return
+        self.dequantized.apply(self._model, dtype)
 
     def save(self, path: Path) -> None:
         """Write the transformer to the folder ``path`` (see ``folder``)."""
         if not self.is_loaded:
             raise ValueError("Cannot save an uninitialized transformer: call nlp.initialize() first.")
+        dequantized = self.dequantized.active
+        self.dequantized.restore()  # the adapters are saved from their own layers
         base_model = None
         if self.embed_base:
             self.merge.stop(self._model)  # the stored base must not carry the adapters
@@ -94,6 +139,8 @@ class UnmaskedShim(PyTorchShim):
             embed_base=self.embed_base,
             base_model=base_model,
         )
+        if dequantized:
+            self._dequantize_for_inference()
 
     def load(self, path: Path) -> None:
         """Rebuild the transformer from a folder written by :meth:`save`."""
@@ -103,6 +150,7 @@ class UnmaskedShim(PyTorchShim):
         self.embed_base = saved.embedded_base
         self._embedded_source = str(saved.weights_dir) if saved.embedded_base else None
         self.merge.allowed = self.settings.training == Training.LORA and self.settings.quantization is None
+        self._dequantize_for_inference()
 
     def to_bytes(self) -> bytes:
         """Pack the folder written by :meth:`save` (or nothing, before
