@@ -1,13 +1,12 @@
 """Helpers for tests and benchmarks: tiny random decoders of every supported
 family with a small BPE tokenizer (built offline), and small spaCy pipelines on
-them, built the way a config builds them, with a tiny training loop."""
+them, built the way a config builds them, with a tiny training loop. spaCy is
+imported only by the pipeline helpers: the masking tests also run without it."""
 
 import random
 
 import pytest
-import spacy
 import transformers
-from spacy.training import Example
 
 BACKENDS = ("eager", "sdpa")
 
@@ -242,6 +241,8 @@ def lora(r=4, targets=("q_proj", "v_proj"), dropout=0.0):
 
 def make_nlp(name, *, factory="unmasked_transformer", components=("ner",), **settings):
     """A blank English pipeline: transformer + listeners (ner and/or spancat)."""
+    import spacy
+
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, name="transformer", config={"model": transformer_model(name, **settings)})
@@ -280,6 +281,8 @@ def make_nlp(name, *, factory="unmasked_transformer", components=("ner",), **set
 
 def examples(nlp):
     """TRAIN as spaCy Examples with entities and spans (key "sc")."""
+    from spacy.training import Example
+
     out = []
     for text, ents in TRAIN:
         doc = nlp.make_doc(text)
@@ -291,6 +294,8 @@ def examples(nlp):
 def train(nlp, steps=10, seed=0, lr=1e-3, optimizer=None):
     """Train on TRAIN (initializing first unless an optimizer is given);
     returns the losses of every step."""
+    import spacy
+
     spacy.util.fix_random_seed(seed)
     data = examples(nlp)
     if optimizer is None:
