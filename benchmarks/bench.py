@@ -251,12 +251,14 @@ def case_save(args) -> dict:
 
 def case_loaded_infer(args) -> dict:
     """nlp.pipe words/s of a pipeline loaded from disk with spacy.load (as a
-    user runs it), merge_lora on or off; peak RSS, RSS after the run, and the
-    base's model memory."""
+    user runs it): by default adapters merged and a quantized base dequantized,
+    or (``no_merge``) as trained; peak RSS, RSS after the run, and the base's
+    model memory."""
     import spacy
 
     load_start = time.perf_counter()
-    nlp = spacy.load(args.pipeline, config={"components": {"transformer": {"merge_lora": not args.no_merge}}})
+    switches = {"merge_lora": not args.no_merge, "dequantize": not args.no_merge}
+    nlp = spacy.load(args.pipeline, config={"components": {"transformer": switches}})
     load_s = time.perf_counter() - load_start
     sample = texts(args.docs)
     n_words = sum(len(nlp.make_doc(t)) for t in sample)
@@ -275,6 +277,7 @@ def case_loaded_infer(args) -> dict:
         "base_mb": base_memory_mb(model),
         "load_seconds": load_s,
         "merged": merged,
+        "inference": nlp.meta["unmasked"]["inference"],
         **describe_row(nlp),
     }
 
@@ -432,8 +435,10 @@ def precision_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
         ("infer float32, merged", "loaded_infer", {"pipeline": pipelines["float32"]}),
         ("infer bfloat16, unmerged", "loaded_infer", {"pipeline": pipelines["bfloat16"], "no_merge": True}),
         ("infer bfloat16, merged", "loaded_infer", {"pipeline": pipelines["bfloat16"]}),
-        ("infer nf4", "loaded_infer", {"pipeline": pipelines["nf4"]}),
-        ("infer int8", "loaded_infer", {"pipeline": pipelines["int8"]}),
+        ("infer nf4, quantized base", "loaded_infer", {"pipeline": pipelines["nf4"], "no_merge": True}),
+        ("infer nf4, dequantized (default)", "loaded_infer", {"pipeline": pipelines["nf4"]}),
+        ("infer int8, quantized base", "loaded_infer", {"pipeline": pipelines["int8"], "no_merge": True}),
+        ("infer int8, dequantized (default)", "loaded_infer", {"pipeline": pipelines["int8"]}),
     ]
     for precision in ("float32", "bfloat16", "nf4", "int8"):
         rows.append((f"train LoRA {precision}", "train", {"lora": True, "precision": precision}))
@@ -507,6 +512,10 @@ def run_precision(args, results: dict) -> None:
     memory = results["model_memory_num_layers"]
     results["targets"] = {
         "default_inference_speedup (>= 1.8)": results["rows"]["infer bfloat16, merged"]["speedup_vs_float32"],
+        "qlora_dequantized_vs_bfloat16_merged (>= 0.9)": results["rows"]["infer nf4, dequantized (default)"][
+            "words_per_second"
+        ]
+        / results["rows"]["infer bfloat16, merged"]["words_per_second"],
         "nf4_model_memory_vs_float32 (<= 0.25)": memory["nf4_mb"] / memory["float32_mb"],
         "nf4_model_memory_vs_float32_all_layers": results["model_memory"]["nf4_mb"]
         / results["model_memory"]["float32_mb"],

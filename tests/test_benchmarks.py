@@ -35,25 +35,36 @@ def precision_results(tiny_folder, tmp_path_factory) -> dict:
 
 
 def test_precision_plan_smoke_measures_every_case(precision_results):
+    import torch
+
+    from spacy_unmasked.hub import native_bfloat16
+
     results = precision_results
     rows = results["rows"]
+    auto = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"  # a quantized base's other weights
     expected = {
         "infer float32, unmerged (before)": ("float32", None, False),
         "infer float32, merged": ("float32", None, True),
         "infer bfloat16, unmerged": ("bfloat16", None, False),
         "infer bfloat16, merged": ("bfloat16", None, True),
-        "infer nf4": ("bfloat16", "4-bit", False),
-        "infer int8": ("bfloat16", "8-bit", False),
+        "infer nf4, quantized base": (auto, "4-bit", False),
+        "infer nf4, dequantized (default)": (auto, "4-bit", False),
+        "infer int8, quantized base": (auto, "8-bit", False),
+        "infer int8, dequantized (default)": (auto, "8-bit", False),
     }
     for label, (dtype, quantized, merged) in expected.items():
         row = rows[label]
         assert (row["dtype"], row["quantized"], row["merged"]) == (dtype, quantized, merged), label
+        if "quantized base" in label:
+            assert row["inference"] == f"quantized {quantized}", label
+        elif "dequantized" in label:
+            assert row["inference"].startswith("dequantized") and row["inference"].endswith("adapters merged"), label
         assert row["words_per_second"] > 0 and row["peak_mb"] > 0 and row["base_mb"] > 0, label
     for precision, dtype, quantized in (
         ("float32", "float32", None),
         ("bfloat16", "bfloat16", None),
-        ("nf4", "bfloat16", "4-bit"),
-        ("int8", "bfloat16", "8-bit"),
+        ("nf4", auto, "4-bit"),
+        ("int8", auto, "8-bit"),
     ):
         row = rows[f"train LoRA {precision}"]
         assert (row["dtype"], row["quantized"]) == (dtype, quantized), precision
@@ -62,6 +73,10 @@ def test_precision_plan_smoke_measures_every_case(precision_results):
     targets = results["targets"]
     assert targets["default_inference_speedup (>= 1.8)"] == rows["infer bfloat16, merged"]["speedup_vs_float32"]
     assert 0 < targets["nf4_model_memory_vs_float32 (<= 0.25)"] < 1
+    served, bf16 = rows["infer nf4, dequantized (default)"], rows["infer bfloat16, merged"]
+    assert targets["qlora_dequantized_vs_bfloat16_merged (>= 0.9)"] == (
+        served["words_per_second"] / bf16["words_per_second"]
+    )
     assert len(results["load_average"]) == 2 and results["settings"]["torch_threads"] == 1
 
 

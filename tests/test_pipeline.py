@@ -245,9 +245,11 @@ def test_loaded_pipeline_states_what_it_is_in_meta_and_log(tiny_llama_dir, tmp_p
     nlp.to_disk(tmp_path / "p")
     with caplog.at_level("INFO", logger="spacy_unmasked"):
         reloaded = spacy.load(tmp_path / "p")
-    assert reloaded.meta["unmasked"] == meta
+    assert meta["inference"] == "as trained"  # a new pipeline keeps its adapters apart
+    assert reloaded.meta["unmasked"] == {**meta, "inference": "adapters merged"}
     lines = [r.getMessage() for r in caplog.records if r.name == "spacy_unmasked"]
     assert len(lines) == 1 and "bidirectional layers 2-3 (unmask '01')" in lines[0], lines
+    assert lines[0].endswith("predicting adapters merged"), lines
     assert "LoRA r=4" in lines[0] and str(tiny_llama_dir) in lines[0]
 
 

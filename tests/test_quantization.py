@@ -149,8 +149,11 @@ def test_paper_config_runs_end_to_end_with_spacy_train(tiny_dirs, tmp_path):
     meta = nlp.meta["unmasked"]
     assert meta["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
     assert meta["lora"] == {"r": 64, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
-    assert "Linear4bit" in quantized_layers(nlp.get_pipe("transformer").model.transformer)
+    assert not quantized_layers(nlp.get_pipe("transformer").model.transformer)  # served dequantized
+    assert meta["inference"].startswith("dequantized") and meta["inference"].endswith("adapters merged")
     assert nlp("Jane Smith visited Berlin.")._.trf_data.model_output.last_hidden_state.shape[-1] == 64
+    kept = spacy.load(tmp_path / "out" / "model-last", config=KEEP_QUANTIZED)
+    assert "Linear4bit" in quantized_layers(kept.get_pipe("transformer").model.transformer)
 
 
 @pytest.mark.slow
