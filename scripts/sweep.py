@@ -117,6 +117,7 @@ class Settings:
     num_layers: str
     gpu_id: int
     test_split: str
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         f"--training.eval_frequency={settings.eval_frequency}",
         f"--system.seed={seed}",
         *schedule_overrides(settings.config, settings.max_steps),
+        *(f"--{override}" for override in settings.overrides),
     ]
     evaluate = [
         sys.executable,
@@ -273,6 +275,7 @@ def sweep(
     num_layers: str = "null",
     gpu_id: int = -1,
     test_split: str = "test.spacy",
+    overrides: tuple[str, ...] = (),
     use_ray: bool = False,
     address: str | None = None,
     cpus_per_task: float = 1.0,
@@ -304,6 +307,7 @@ def sweep(
         num_layers=num_layers,
         gpu_id=(0 if gpus_per_task > 0 else -1) if use_ray else gpu_id,
         test_split=test_split,
+        overrides=tuple(overrides),
     )
     if use_ray:
         return run_ray(
@@ -326,6 +330,7 @@ def main(
     seeds: str | None = typer.Option(None, help="Comma-separated seeds (e.g. 0,1,2): every spec runs with each"),
     gpu_id: int = typer.Option(-1, help="GPU of the sequential mode (with --ray, Ray assigns GPUs)"),
     test_split: str = "test.spacy",
+    override: list[str] = typer.Option([], help="Config override KEY=VALUE for every run (repeatable)"),
     ray: bool = typer.Option(False, "--ray/--no-ray", help="Run each (spec, seed) as a Ray task"),
     address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray)"),
     cpus_per_task: float = typer.Option(1.0, help="CPUs per Ray task"),
@@ -347,6 +352,7 @@ def main(
             num_layers=num_layers,
             gpu_id=gpu_id,
             test_split=test_split,
+            overrides=tuple(override),
             use_ray=ray,
             address=address,
             cpus_per_task=cpus_per_task,

@@ -38,6 +38,7 @@ def tiny_dirs(tmp_path_factory):
 RAY_MODULES = ("test_ray_apply.py", "test_ray_serve.py", "test_search.py", "test_sweep.py")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n 2 --dist loadgroup``), tests that start a local Ray run in one worker,
     one module after the other, so two Ray instances never share the machine's cores."""

@@ -165,8 +165,10 @@ def test_variant_labels_set_repeat_and_num_layers(sweep, tmp_path, monkeypatch):
         seeds=[0],
         max_steps=10,
         num_layers="20",
+        overrides=("components.transformer.model.quantization=null",),
     )
     trains = [c for c in calls if "train" in c]
+    assert all("--components.transformer.model.quantization=null" in c for c in trains)
     assert '--components.transformer.model.unmask="0000"' in trains[0]
     assert "--components.transformer.model.repeat=1" in trains[0]
     assert "--components.transformer.model.num_layers=15" in trains[0]
