@@ -23,7 +23,7 @@ _CHANGED = 1e-2  # relative change of the early position's output that counts as
 
 
 def supported_transformers() -> str:
-    """The transformers requirement this package declares (read from the installed metadata, e.g. ``>=4.47,<4.53.3``)."""
+    """The transformers requirement this package declares (from the installed metadata, e.g. ``>=4.47,<4.53.3``)."""
     try:
         requirements = importlib.metadata.requires("spacy-unmasked") or []
     except importlib.metadata.PackageNotFoundError:

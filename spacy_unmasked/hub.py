@@ -160,7 +160,9 @@ def load_base_model(
                 "save it as a Hugging Face folder first (AutoModel.from_pretrained(folder, gguf_file=...)"
                 ".save_pretrained(out), or scripts/convert_gguf.py) and use that folder as the name."
             )
-        kwargs["quantization_config"] = bitsandbytes_config(settings.quantization, device)
+        kwargs["quantization_config"] = bitsandbytes_config(
+            settings.quantization, device, native_bfloat16=native_bfloat16(device)
+        )
     if device.type != "cpu" or settings.quantization is not None:
         kwargs["device_map"] = {"": device}  # load straight onto the device, no host copy
     try:

@@ -50,7 +50,8 @@ class LoRASettings:
 @dataclass(frozen=True, kw_only=True)
 class QuantizationSettings:
     """bitsandbytes quantization of the base: 4-bit (``quant_type`` nf4 or fp4,
-    optional double quantization, ``compute_dtype``) or 8-bit. Runs on CUDA and,
+    optional double quantization, ``compute_dtype``: "auto" is bfloat16 where the
+    device computes it natively and float32 elsewhere) or 8-bit. Runs on CUDA and,
     with bitsandbytes >= 0.50.2, on CPU. Defaults: QLoRA (NF4, double
     quantization, bfloat16 compute)."""
 
@@ -62,10 +63,10 @@ class QuantizationSettings:
     def __post_init__(self):
         if self.bits not in (4, 8):
             raise ValueError(f"Quantization bits={self.bits} is not supported: use 4 or 8.")
-        if self.compute_dtype not in ("bfloat16", "float16", "float32"):
+        if self.compute_dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(
-                f"Quantization compute_dtype {self.compute_dtype!r} is not supported: use 'bfloat16', 'float16' "
-                "or 'float32'."
+                f"Quantization compute_dtype {self.compute_dtype!r} is not supported: use 'auto', 'bfloat16', "
+                "'float16' or 'float32'."
             )
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"Quantization type {self.quant_type!r} is not supported: use 'nf4' or 'fp4'.")

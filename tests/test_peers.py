@@ -173,7 +173,7 @@ def test_uninitialized_pipeline_saves_and_loads(tiny_llama_dir, tmp_path, factor
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p")
     assert not loaded.get_pipe("transformer").model.shim.is_loaded
-    with pytest.raises(ValueError, match="call nlp.initialize"):
+    with pytest.raises(ValueError, match=r"call nlp\.initialize"):
         loaded("Jane Smith moved to Berlin.")
     loaded.initialize()
     doc = loaded("Jane Smith moved to Berlin.")

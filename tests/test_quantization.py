@@ -82,6 +82,7 @@ def test_qlora_trains_ner_and_spancat_saves_adapter_only_and_reloads(family, qua
     dtype = str(served_model.get_input_embeddings().weight.dtype).removeprefix("torch.")  # what activations run in
     assert served.meta["unmasked"]["inference"] == f"dequantized {dtype}, adapters merged"
     ents_c, scores_c, feats_c = outputs(served)
+    assert len(ents_c) == len(ents_a)
     for a, c in zip(feats_a, feats_c, strict=True):
         assert numpy.abs(a - c).max() <= 0.05 * numpy.abs(a).max() + 0.05, numpy.abs(a - c).max()
     for a, c in zip(scores_a, scores_c, strict=True):

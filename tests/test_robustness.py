@@ -244,7 +244,7 @@ def test_quantization_without_bitsandbytes_says_how_to_install(monkeypatch):
     )
     for device in ("cpu", "cuda"):
         with pytest.raises(QuantizationUnavailableError, match=r"pip install 'spacy-unmasked\[quantization\]'"):
-            bitsandbytes_config(QuantizationSettings(), torch.device(device))
+            bitsandbytes_config(QuantizationSettings(), torch.device(device), native_bfloat16=False)
 
 
 @pytest.mark.parametrize("device,installed,minimum", [("cpu", "0.49.1", "0.50.2"), ("cuda", "0.44.0", "0.45.0")])
@@ -265,6 +265,22 @@ def test_too_old_bitsandbytes_names_the_version_to_install(monkeypatch, device, 
         match=rf"bitsandbytes {installed} cannot quantize on {device}: "
         rf"install bitsandbytes >= {minimum}",
     ):
-        bitsandbytes_config(QuantizationSettings(), torch.device(device))
+        bitsandbytes_config(QuantizationSettings(), torch.device(device), native_bfloat16=False)
     monkeypatch.undo()
-    assert bitsandbytes_config(QuantizationSettings(bits=8), torch.device("cpu")).load_in_8bit
+    assert bitsandbytes_config(QuantizationSettings(bits=8), torch.device("cpu"), native_bfloat16=False).load_in_8bit
+
+
+def test_auto_compute_dtype_is_bfloat16_only_where_native():
+    """compute_dtype "auto": bfloat16 on devices that compute it natively, float32 elsewhere (emulated
+    bfloat16 makes 4-bit layers many times slower); explicit values are kept."""
+    import torch
+
+    from spacy_unmasked.quantization import compute_dtype
+    from spacy_unmasked.settings import QuantizationSettings
+
+    auto = QuantizationSettings(compute_dtype="auto")
+    assert compute_dtype(auto, native_bfloat16=True) == torch.bfloat16
+    assert compute_dtype(auto, native_bfloat16=False) == torch.float32
+    assert compute_dtype(QuantizationSettings(), native_bfloat16=False) == torch.bfloat16
+    with pytest.raises(ValueError, match="use 'auto', 'bfloat16', 'float16'"):
+        QuantizationSettings(compute_dtype="int4")
