@@ -31,21 +31,22 @@ def batch(model: nn.Module, lengths=LENGTHS, seed: int = 0) -> tuple[torch.Tenso
     for row, length in enumerate(lengths):
         mask[row, :length] = 1
         ids[row, length:] = 0
-    return ids, mask
+    device = next(model.parameters()).device
+    return ids.to(device), mask.to(device)
 
 
 def oracle_mask(attention_mask: torch.Tensor, *, causal: bool, window: int | None, dtype) -> torch.Tensor:
     """A 4-D additive mask: real keys only, left of the query if ``causal``,
     within ``window`` positions (one side if causal, both sides if not)."""
-    length = attention_mask.shape[-1]
-    query = torch.arange(length)[:, None]
-    key = torch.arange(length)[None, :]
+    length, device = attention_mask.shape[-1], attention_mask.device
+    query = torch.arange(length, device=device)[:, None]
+    key = torch.arange(length, device=device)[None, :]
     allowed = attention_mask.bool()[:, None, None, :].expand(-1, 1, length, -1)
     if causal:
         allowed = allowed & (key <= query)
     if window is not None:
         allowed = allowed & ((query - key).abs() < window)
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def attention_of(layer: nn.Module) -> nn.Module:

@@ -73,7 +73,17 @@ def test_finished_runs_are_skipped_so_a_sweep_resumes(sweep, tmp_path, monkeypat
     ]
     assert '--components.transformer.model.unmask="1111"' in trained[2] and "--system.seed=1" in trained[2]
     stamped = json.loads((metrics / "1111.seed1.json").read_text())
-    assert stamped == {"name": "1111", "seed": 1, "scores": {"f": 0.5}, "spec": "1111"}
+    train_seconds = stamped.pop("train_seconds")
+    assert train_seconds >= 0
+    assert stamped == {
+        "name": "1111",
+        "seed": 1,
+        "scores": {"f": 0.5},
+        "spec": "1111",
+        "repeat": 0,
+        "num_layers": None,
+        "max_steps": 5,
+    }
     assert sweep.is_finished(metrics / "0000.seed1.json")
 
 
