@@ -205,7 +205,8 @@ def test_texts_of_concurrent_requests_share_batches_and_are_logged(server):
     while time.monotonic() < deadline and sum(int(m[1]) for m in summaries) < 16:
         time.sleep(0.5)
         summaries = SUMMARY.findall(replica_logs(server)[before:])
-    assert sum(int(m[1]) for m in summaries) == 16 and all(float(m[0]) > 0 for m in summaries), summaries
+    # >= 16: the first summary may also count texts of the previous test, logged after `before`
+    assert sum(int(m[1]) for m in summaries) >= 16 and all(float(m[0]) > 0 for m in summaries), summaries
     assert 1 < max(int(m[2]) for m in summaries) <= MAX_BATCH, summaries
 
 
