@@ -420,6 +420,8 @@ class PlainArm:
         from spacy_unmasked import unmask
         from spacy_unmasked.hub import load_tokenizer, native_bfloat16, truncate_config
         from spacy_unmasked.pieces import encode_spans
+        from spacy_unmasked.quantization import compute_dtype
+        from spacy_unmasked.settings import QuantizationSettings
 
         torch.manual_seed(0)
         config = load_config(args)
@@ -456,7 +458,10 @@ class PlainArm:
                 load_in_4bit=True,
                 bnb_4bit_quant_type=quantization["quant_type"],
                 bnb_4bit_use_double_quant=quantization["double_quant"],
-                bnb_4bit_compute_dtype=getattr(torch, quantization["compute_dtype"]),
+                bnb_4bit_compute_dtype=compute_dtype(
+                    QuantizationSettings(**{k: v for k, v in quantization.items() if not k.startswith("@")}),
+                    native_bfloat16=native_bfloat16(torch.device("cpu")),
+                ),
             )
             kwargs["device_map"] = {"": "cpu"}
         model = transformers.AutoModel.from_pretrained(args.model, **kwargs)
