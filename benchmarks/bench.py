@@ -17,6 +17,7 @@ Prints a table and writes JSON:
 
     python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan precision --output out.json
     python benchmarks/bench.py --model tiny --plan precision --smoke   # seconds: a tiny random Llama
+    python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan padding --output out.json
 """
 
 import argparse
@@ -93,6 +94,32 @@ def tweets() -> list[tuple[list[str], list[str]]]:
 def texts(n: int) -> list[str]:
     """The first ``n`` tweets of :func:`tweets` as plain texts (words joined by spaces)."""
     return [" ".join(words) for words, _ in tweets()[:n]]
+
+
+def corpus_texts(kind: str, n: int) -> list[str]:
+    """Texts of the padding plan: ``tweets``, the WNUT-16 test split of the project's
+    corpus (or the first ``n`` tweets without it), or ``mixed``, those tweets with
+    a paragraph of ten other tweets after each of the first quarter of them."""
+    test = ROOT / "corpus" / "wnut16" / "test.spacy"
+    if test.exists():
+        import spacy
+        from spacy.tokens import DocBin
+
+        vocab = spacy.blank("en").vocab
+        short = [doc.text for doc in DocBin().from_disk(test).get_docs(vocab)][:n]
+    else:
+        short = texts(n)
+    if kind == "tweets":
+        return short
+    count = max(1, len(short) // 4)  # one paragraph per four tweets
+    others = [" ".join(words) for words, _ in tweets()[-10 * count :]]
+    paragraphs = [" ".join(others[i : i + 10]) for i in range(0, len(others), 10)]
+    mixed = []
+    for i, text in enumerate(short):
+        mixed.append(text)
+        if i < len(paragraphs):
+            mixed.append(paragraphs[i])
+    return mixed
 
 
 def labelled_examples(nlp, n: int) -> list:
@@ -240,6 +267,45 @@ def case_infer(args) -> dict:
     }
 
 
+def case_order_infer(args) -> dict:
+    """nlp.pipe words/s of the initialized LoRA pipeline on ``args.corpus`` with
+    length ordering on, or off with ``--no-order``; the share of real pieces among
+    the padded pieces the decoder ran; and a digest of the entities."""
+    import hashlib
+
+    sample = corpus_texts(args.corpus, args.docs)
+    nlp = build_nlp(args, lora=True)
+    nlp.initialize(lambda: labelled_examples(nlp, 32))
+    shim = nlp.get_pipe("transformer")._shim
+    shim.order_by_length = not args.no_order
+    model = nlp.get_pipe("transformer").model.transformer
+    calls: list[tuple[int, int]] = []
+
+    def record(module, positional, kwargs):
+        mask = kwargs["attention_mask"]
+        calls.append((int(mask.sum()), mask.numel()))
+
+    list(nlp.pipe(sample[:32], batch_size=args.batch_size))  # warm up
+    times = []
+    for repeat in range(args.repeats):
+        hook = model.register_forward_pre_hook(record, with_kwargs=True) if repeat == 0 else None
+        start = time.perf_counter()
+        docs = list(nlp.pipe(sample, batch_size=args.batch_size))
+        times.append(time.perf_counter() - start)
+        if hook is not None:
+            hook.remove()
+    ents = json.dumps([[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs])
+    n_words = sum(len(doc) for doc in docs)
+    return {
+        "words_per_second": n_words / statistics.median(times),
+        "words": n_words,
+        "decoder_calls": len(calls),
+        "real_pieces_share": sum(real for real, _ in calls) / sum(padded for _, padded in calls),
+        "entities_digest": hashlib.sha256(ents.encode()).hexdigest()[:16],
+        **describe_row(nlp),
+    }
+
+
 def case_save(args) -> dict:
     """Build and initialize the LoRA pipeline at ``args.precision`` and save it to
     ``args.pipeline`` (adapters and tokenizer only), for ``loaded_infer``."""
@@ -359,6 +425,7 @@ def case_memory(args) -> dict:
 
 CASES = {
     "infer": case_infer,
+    "order_infer": case_order_infer,
     "save": case_save,
     "loaded_infer": case_loaded_infer,
     "unmask_cost": case_unmask_cost,
@@ -380,8 +447,9 @@ VALUE_OPTIONS = (
     "steps",
     "precision",
     "threads",
+    "corpus",
 )
-FLAGS = ("lora", "checkpointing", "no_merge")
+FLAGS = ("lora", "checkpointing", "no_merge", "no_order")
 
 
 def child_args(args, **overrides) -> list[str]:
@@ -443,6 +511,47 @@ def precision_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
     for precision in ("float32", "bfloat16", "nf4", "int8"):
         rows.append((f"train LoRA {precision}", "train", {"lora": True, "precision": precision}))
     return rows
+
+
+PADDING_BATCH_SIZES = (16, 128)
+
+
+def padding_plan() -> list[tuple[str, str, dict]]:
+    """(row label, case, overrides) of the padding benchmark."""
+    rows = []
+    for corpus in ("tweets", "mixed"):
+        for batch_size in PADDING_BATCH_SIZES:
+            for order in (False, True):
+                label = f"{corpus}, batch {batch_size}, {'ordered' if order else 'unordered'}"
+                rows.append((label, "order_infer", {"corpus": corpus, "batch_size": batch_size, "no_order": not order}))
+    return rows
+
+
+def run_padding(args, results: dict) -> None:
+    """Every padding case ``args.rounds`` times, interleaved; the speed-up of
+    ordering per corpus and batch size, and whether the entities agree."""
+    rows = padding_plan()
+    collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    results["settings"] = {"num_layers": args.num_layers, "unmask": args.unmask, "lora": LORA_R8, "docs": args.docs}
+    results["load_average"] = []
+    for round_index in range(args.rounds):
+        results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+        for label, case, overrides in rows:
+            collected[label].append(run_case(case, args, **overrides))
+            print(f"round {round_index + 1} {label:36} {format_row(collected[label][-1])}", flush=True)
+    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+    for label, values in collected.items():
+        results["rows"][label] = summarize_rounds(values)
+    targets = {}
+    for corpus in ("tweets", "mixed"):
+        for batch_size in PADDING_BATCH_SIZES:
+            on = results["rows"][f"{corpus}, batch {batch_size}, ordered"]
+            off = results["rows"][f"{corpus}, batch {batch_size}, unordered"]
+            targets[f"{corpus}, batch {batch_size}: ordered vs unordered words/s"] = (
+                on["words_per_second"] / off["words_per_second"]
+            )
+            targets[f"{corpus}, batch {batch_size}: same entities"] = on["entities_digest"] == off["entities_digest"]
+    results["targets"] = targets
 
 
 def summarize_rounds(values: list[dict]) -> dict:
@@ -526,7 +635,7 @@ def run_precision(args, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES))
-    parser.add_argument("--plan", choices=("features", "precision"), default="features")
+    parser.add_argument("--plan", choices=("features", "precision", "padding"), default="features")
     parser.add_argument("--model", default="tiny", help="model folder / hub id, or 'tiny'")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -540,6 +649,8 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--no-merge", action="store_true", help="loaded_infer: merge_lora = false")
+    parser.add_argument("--no-order", action="store_true", help="order_infer: order_by_length off")
+    parser.add_argument("--corpus", choices=("tweets", "mixed"), default="tweets", help="order_infer: the texts")
     parser.add_argument("--pipeline", type=Path, help="save / loaded_infer: the saved pipeline's folder")
     parser.add_argument("--layers-cut", type=int, help="features plan: also measure with only the first K blocks")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -576,6 +687,8 @@ def main() -> None:
     print(f"{'case':40} result", flush=True)
     if args.plan == "precision":
         run_precision(args, results)
+    elif args.plan == "padding":
+        run_padding(args, results)
     else:
         for label, case, overrides in features_plan(args):
             row = run_case(case, args, **overrides)

@@ -36,6 +36,7 @@ META_KEY = "unmasked"
         "max_batch_items": 4096,
         "merge_lora": True,
         "dequantize": True,
+        "order_by_length": True,
     },
 )
 def make_unmasked_transformer(
@@ -46,6 +47,7 @@ def make_unmasked_transformer(
     max_batch_items: int,
     merge_lora: bool,
     dequantize: bool,
+    order_by_length: bool,
 ) -> "UnmaskedTransformer":
     """A ``transformer`` component for ``spacy-unmasked.UnmaskedTransformer`` (v1, v2)
     models that saves its model as a folder of files. ``merge_lora``: a loaded
@@ -54,11 +56,16 @@ def make_unmasked_transformer(
     ``dequantize``: a loaded quantized pipeline predicts with its base
     dequantized to the compute dtype and its adapters folded in (faster, where
     memory allows; the quantized layers come back if it trains); false keeps
-    predicting with the quantized base."""
+    predicting with the quantized base. ``order_by_length``: prediction runs the
+    spans of a batch in decoder calls of similar piece length, at most
+    ``max_batch_items`` padded pieces each (same outputs, less padding); false
+    runs each batch as one call padded to its longest span."""
     component = UnmaskedTransformer(nlp.vocab, model, set_extra_annotations, max_batch_items=max_batch_items, name=name)
     component._nlp = weakref.ref(nlp)
     component._shim.merge.enabled = merge_lora
     component._shim.dequantize = dequantize
+    component._shim.order_by_length = order_by_length
+    component._shim.max_batch_items = max_batch_items
     return component
 
 

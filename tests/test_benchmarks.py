@@ -117,3 +117,24 @@ def test_gpu_check_refuses_to_pretend_without_a_gpu():
         [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--model", "tiny"], capture_output=True, text=True
     )
     assert result.returncode != 0 and "No CUDA GPU found" in result.stderr
+
+
+def test_padding_plan_smoke_compares_ordering_on_and_off(tiny_folder, tmp_path):
+    output = tmp_path / "padding.json"
+    run_bench("--model", tiny_folder, "--plan", "padding", "--smoke", "--output", output)
+    results = json.loads(output.read_text())
+    rows = results["rows"]
+    assert len(rows) == 8
+    for corpus in ("tweets", "mixed"):
+        for batch_size in (16, 128):
+            on = rows[f"{corpus}, batch {batch_size}, ordered"]
+            off = rows[f"{corpus}, batch {batch_size}, unordered"]
+            assert on["words"] == off["words"] > 0
+            assert on["entities_digest"] == off["entities_digest"]
+            assert on["decoder_calls"] >= off["decoder_calls"]
+            assert on["real_pieces_share"] >= off["real_pieces_share"]
+            assert results["targets"][f"{corpus}, batch {batch_size}: same entities"] is True
+    # a paragraph among tweets is where ordering pays: more calls, far less padding
+    mixed_on, mixed_off = rows["mixed, batch 16, ordered"], rows["mixed, batch 16, unordered"]
+    assert mixed_on["decoder_calls"] > mixed_off["decoder_calls"]
+    assert mixed_on["real_pieces_share"] > 1.5 * mixed_off["real_pieces_share"]

@@ -12,6 +12,7 @@ from thinc.api import Model, chain
 from thinc.types import ArgsKwargs
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..batching import call_overhead, length_buckets
 from ..pieces import encode_spans
 from ..settings import TransformerSettings
 from .shim import UnmaskedShim
@@ -119,19 +120,15 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
     if len(batch.wordpieces) == 0:
         return FullTransformerBatch.empty(len(docs)), lambda d_batch: docs
     device = shim.device
-    inputs = ArgsKwargs(
-        args=(),
-        kwargs={
-            "input_ids": torch.from_numpy(batch.wordpieces.input_ids).to(device),
-            "attention_mask": torch.from_numpy(batch.wordpieces.attention_mask).to(device),
-            "use_cache": False,
-        },
-    )
+    input_ids = torch.from_numpy(batch.wordpieces.input_ids).to(device)
+    attention_mask = torch.from_numpy(batch.wordpieces.attention_mask).to(device)
     trains = is_train and shim.trains
     if trains:
-        output, backprop_shim = shim.begin_update(inputs)
+        output, backprop_shim = shim.begin_update(_decoder_inputs(input_ids, attention_mask))
+    elif shim.order_by_length:
+        output = _predict_by_length(shim, input_ids, attention_mask, batch.wordpieces.lengths)
     else:
-        output = shim.predict(inputs)
+        output = shim.predict(_decoder_inputs(input_ids, attention_mask))
     features = output.last_hidden_state.float()
     result = UnmaskedBatch(
         spans=batch.spans,
@@ -148,6 +145,44 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
         return docs
 
     return result, backprop
+
+
+def _decoder_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ArgsKwargs:
+    return ArgsKwargs(args=(), kwargs={"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False})
+
+
+def _predict_by_length(
+    shim: UnmaskedShim, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: list[int]
+) -> BaseModelOutput:
+    """Predict the rows in decoder calls of similar length (see ``batching``), each
+    cut to its longest row, and put the outputs back in row order at full width.
+    Right padding is masked, so every row gets what the one padded call gives it."""
+    buckets = length_buckets(lengths, max_items=shim.max_batch_items, overhead=call_overhead(input_ids.device))
+    if len(buckets) == 1:
+        return shim.predict(_decoder_inputs(input_ids, attention_mask))
+    rows, width = input_ids.shape
+    gathered: dict[str, Any] = {}
+    for bucket in buckets:
+        index = torch.tensor(bucket, device=input_ids.device)
+        cut = max(lengths[i] for i in bucket)
+        output = shim.predict(_decoder_inputs(input_ids[index, :cut], attention_mask[index, :cut]))
+        for field in ("last_hidden_state", "hidden_states", "attentions"):
+            values = getattr(output, field, None)
+            if values is None:
+                continue
+            many = isinstance(values, tuple)
+            for k, value in enumerate(values if many else (values,)):
+                # sequence axes: 1 for hidden states, the last two for attention weights
+                axes = (2, 3) if field == "attentions" else (1,)
+                shape = [rows, *value.shape[1:]]
+                for axis in axes:
+                    shape[axis] = width
+                full = gathered.setdefault((field, k, many), value.new_zeros(shape))
+                full[(index, *(slice(None, cut) if a in axes else slice(None) for a in range(1, value.dim())))] = value
+    result: dict[str, Any] = {}
+    for (field, _, many), value in gathered.items():  # inserted in layer order
+        result[field] = (*result.get(field, ()), value) if many else value
+    return BaseModelOutput(**result)
 
 
 class UnmaskedBatch(FullTransformerBatch):

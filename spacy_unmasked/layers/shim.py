@@ -40,6 +40,8 @@ class UnmaskedShim(PyTorchShim):
         self.merge = AdapterMerge()
         self.dequantize = True  # the component's ``dequantize`` switch, see load()
         self.dequantized = DequantizedInference()
+        self.order_by_length = True  # the component's ``order_by_length`` switch, see batching
+        self.max_batch_items = 4096  # padded pieces per decoder call when predicting by length
         self._embedded_source: str | None = None
 
     @property
