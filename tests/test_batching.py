@@ -3,6 +3,7 @@ outputs as one padded call, and the component switch that turns it off."""
 
 import itertools
 import random
+from types import SimpleNamespace
 
 import numpy
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from spacy_unmasked.batching import call_overhead, length_buckets
 
-from .helpers import make_nlp, transformer_model
+from .helpers import lora, make_nlp, transformer_model
 
 SHORT = ["Apple hired Tim.", "Paris is big.", "Go Bears!", "ok"]
 LONG = [
@@ -162,3 +163,44 @@ def test_order_by_length_false_reaches_the_shim(tiny_llama_dir, monkeypatch):
     assert shim.order_by_length is False
     outputs(nlp, TEXTS)
     assert len(shapes) == 1
+
+
+def test_training_by_length_gives_the_gradients_of_one_padded_call(tiny_llama_dir, monkeypatch):
+    """LoRA weights get the same gradients from length-ordered calls as from one padded call
+    (no dropout; listeners send no gradient to padding, so neither does this test)."""
+    nlp = make_nlp(tiny_llama_dir, lora=lora(dropout=0.0), unmask="0110")
+    nlp.initialize()
+    model = nlp.get_pipe("transformer").model
+    shim = model.shim
+    calls = []
+    begin_update = shim.begin_update
+
+    def counting(inputs):
+        calls.append(tuple(inputs.kwargs["input_ids"].shape))
+        return begin_update(inputs)
+
+    monkeypatch.setattr(shim, "begin_update", counting)
+    docs = [nlp.make_doc(text) for text in TEXTS]
+    trainable = [(name, p) for name, p in shim.model.named_parameters() if p.requires_grad]
+    assert trainable
+
+    def gradients(order: bool) -> tuple[dict[str, torch.Tensor], int]:
+        shim.order_by_length = order
+        for _, parameter in trainable:
+            parameter.grad = None
+        calls.clear()
+        batch, backprop = model.begin_update(docs)
+        features = batch.model_output.last_hidden_state
+        mask = torch.from_numpy(batch.wordpieces.attention_mask)[..., None]
+        generator = torch.Generator().manual_seed(0)
+        d_features = torch.randn(features.shape, generator=generator) * mask
+
+        backprop(SimpleNamespace(model_output={"last_hidden_state": d_features}))
+        return {name: parameter.grad.clone() for name, parameter in trainable}, len(calls)
+
+    plain, plain_calls = gradients(False)
+    ordered, ordered_calls = gradients(True)
+    assert plain_calls == 1 and ordered_calls > 1
+    assert any(float(g.abs().sum()) > 0 for g in plain.values())
+    for name, gradient in plain.items():
+        torch.testing.assert_close(ordered[name], gradient, rtol=1e-4, atol=1e-6, msg=name)

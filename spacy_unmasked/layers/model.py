@@ -123,12 +123,11 @@ def forward(model: UnmaskedTransformerModel, docs: list[Doc], is_train: bool) ->
     input_ids = torch.from_numpy(batch.wordpieces.input_ids).to(device)
     attention_mask = torch.from_numpy(batch.wordpieces.attention_mask).to(device)
     trains = is_train and shim.trains
-    if trains:
-        output, backprop_shim = shim.begin_update(_decoder_inputs(input_ids, attention_mask))
-    elif shim.order_by_length:
-        output = _predict_by_length(shim, input_ids, attention_mask, batch.wordpieces.lengths)
+    call = shim.begin_update if trains else lambda inputs: (shim.predict(inputs), None)
+    if shim.order_by_length:
+        output, backprop_shim = _run_by_length(call, input_ids, attention_mask, batch.wordpieces.lengths, shim)
     else:
-        output = shim.predict(_decoder_inputs(input_ids, attention_mask))
+        output, backprop_shim = call(_decoder_inputs(input_ids, attention_mask))
     features = output.last_hidden_state.float()
     result = UnmaskedBatch(
         spans=batch.spans,
@@ -151,38 +150,40 @@ def _decoder_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Ar
     return ArgsKwargs(args=(), kwargs={"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False})
 
 
-def _predict_by_length(
-    shim: UnmaskedShim, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: list[int]
-) -> BaseModelOutput:
-    """Predict the rows in decoder calls of similar length (see ``batching``), each
-    cut to its longest row, and put the outputs back in row order at full width.
-    Right padding is masked, so every row gets what the one padded call gives it."""
+def _run_by_length(
+    call: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: list[int], shim: UnmaskedShim
+) -> tuple[Any, Callable | None]:
+    """Run the rows in decoder calls of similar length (see ``batching``), each cut
+    to its longest row, and put the outputs back in row order at full width (zeros
+    where a call had no padding to compute). Right padding is masked, so every row
+    gets what one padded call gives it. ``call(inputs)`` returns the output and the
+    shim's backprop (or None); the outputs of all calls join one autograd graph, so
+    one backprop call reaches every call's weights."""
     buckets = length_buckets(lengths, max_items=shim.max_batch_items, overhead=call_overhead(input_ids.device))
     if len(buckets) == 1:
-        return shim.predict(_decoder_inputs(input_ids, attention_mask))
+        return call(_decoder_inputs(input_ids, attention_mask))
     rows, width = input_ids.shape
-    gathered: dict[str, Any] = {}
+    gathered: dict[tuple[str, int, bool], torch.Tensor] = {}
+    backprop = None
     for bucket in buckets:
         index = torch.tensor(bucket, device=input_ids.device)
         cut = max(lengths[i] for i in bucket)
-        output = shim.predict(_decoder_inputs(input_ids[index, :cut], attention_mask[index, :cut]))
+        output, backprop = call(_decoder_inputs(input_ids[index, :cut], attention_mask[index, :cut]))
         for field in ("last_hidden_state", "hidden_states", "attentions"):
             values = getattr(output, field, None)
             if values is None:
                 continue
             many = isinstance(values, tuple)
+            axes = (2, 3) if field == "attentions" else (1,)  # the sequence axes
             for k, value in enumerate(values if many else (values,)):
-                # sequence axes: 1 for hidden states, the last two for attention weights
-                axes = (2, 3) if field == "attentions" else (1,)
-                shape = [rows, *value.shape[1:]]
-                for axis in axes:
-                    shape[axis] = width
+                shape = [rows, *(width if axis in axes else n for axis, n in enumerate(value.shape[1:], 1))]
                 full = gathered.setdefault((field, k, many), value.new_zeros(shape))
-                full[(index, *(slice(None, cut) if a in axes else slice(None) for a in range(1, value.dim())))] = value
+                where = (index, *(slice(cut) if axis in axes else slice(None) for axis in range(1, value.dim())))
+                full[where] = value
     result: dict[str, Any] = {}
     for (field, _, many), value in gathered.items():  # inserted in layer order
         result[field] = (*result.get(field, ()), value) if many else value
-    return BaseModelOutput(**result)
+    return BaseModelOutput(**result), backprop
 
 
 class UnmaskedBatch(FullTransformerBatch):
