@@ -9,7 +9,8 @@ features from the first n decoder blocks instead of ``--num-layers``.
 
 Layout (scripts/report.py reads it): ``METRICS_DIR/<label>.seed<k>.json`` is
 scripts/evaluate.py's JSON plus the top-level keys "repeat", "num_layers",
-"train_seconds", "max_steps", and then "spec" (the label) and "seed" (int),
+"train_seconds" (wall), "train_cpu_seconds" (user + system CPU time of ``spacy train``,
+which a busy machine does not inflate), "max_steps", and then "spec" (the label) and "seed" (int),
 added last and atomically: a file with "spec" and "seed" is a finished run.
 ``TRAINING_DIR/<spec>.seed<k>`` holds the trained pipelines.
 """
@@ -18,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -173,19 +175,19 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         "--name",
         spec,
     ]
-    seconds = {}
+    seconds, cpu_seconds = {}, {}
     if log is None:
         for step, command in (("train", train), ("evaluate", evaluate)):
-            begin = time.time()
+            begin, cpu_begin = time.time(), children_cpu_seconds()
             subprocess.run(command, check=True)
-            seconds[step] = time.time() - begin
+            seconds[step], cpu_seconds[step] = time.time() - begin, children_cpu_seconds() - cpu_begin
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w", encoding="utf8") as file:
             for step, command in (("train", train), ("evaluate", evaluate)):
-                begin = time.time()
+                begin, cpu_begin = time.time(), children_cpu_seconds()
                 result = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT)
-                seconds[step] = time.time() - begin
+                seconds[step], cpu_seconds[step] = time.time() - begin, children_cpu_seconds() - cpu_begin
                 if result.returncode != 0:
                     file.flush()
                     tail = log.read_text(encoding="utf8", errors="replace")[-2000:]
@@ -194,10 +196,17 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         "repeat": variant.repeat,
         "num_layers": None if num_layers == "null" else int(num_layers),
         "train_seconds": round(seconds["train"], 1),
+        "train_cpu_seconds": round(cpu_seconds["train"], 1),
         "max_steps": settings.max_steps,
     }
     stamp(metrics, spec=spec, seed=seed, **extra)
     return Finished(spec, seed, str(metrics), started, time.time(), os.getpid())
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def stamp(metrics: Path, *, spec: str, seed: int, **extra: Any) -> None:

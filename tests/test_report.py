@@ -366,7 +366,7 @@ def test_compute_line_sums_train_seconds_of_all_runs(report, tmp_path, capsys):
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
     line = (
-        "Compute: 2.00 CPU-hours of training, the summed wall time of `spacy train` over 2 runs "
+        "Compute: 2.00 CPU-hours of training, the summed CPU time (else wall time) of `spacy train` over 2 runs "
         "(runs without a recorded time not counted: 2)."
     )
     assert line in text.splitlines()
@@ -384,3 +384,22 @@ def test_describe_variants(report):
     assert report.describe("0000+r1") == "none (causal), input repeated 1x"
     assert report.describe("0011@15") == "groups 3-4, first 15 blocks"
     assert report.describe("1011+r3@30") == "groups 1, 3-4, input repeated 3x, first 30 blocks"
+
+
+def test_cpu_time_of_training_counts_before_wall_time(report, tmp_path):
+    """A busy machine inflates wall time, not CPU time: the cost column and the compute line take
+    train_cpu_seconds where a run recorded it."""
+    runs = {
+        "0000.seed0": metrics("0000", 0.4, 0.4, 0.4, seed=0)
+        | {"train_seconds": 3000.0, "train_cpu_seconds": 1200.0, "max_steps": 600},
+        "0000.seed1": metrics("0000", 0.4, 0.4, 0.4, seed=1)
+        | {"train_seconds": 2400.0, "train_cpu_seconds": 1200.0, "max_steps": 600},
+        "0011.seed0": metrics("0011", 0.5, 0.5, 0.5, seed=0) | {"train_seconds": 1800.0, "max_steps": 600},
+    }
+    for stem, run in runs.items():
+        run["spec"] = stem.split(".seed")[0]
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "0000")[6] == "2" and row(text, "0011")[6] == "3"
+    assert "Compute: 1.17 CPU-hours of training" in text

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,7 @@ def test_finished_runs_are_skipped_so_a_sweep_resumes(sweep, tmp_path, monkeypat
     stamped = json.loads((metrics / "1111.seed1.json").read_text())
     train_seconds = stamped.pop("train_seconds")
     assert train_seconds >= 0
+    assert 0 <= stamped.pop("train_cpu_seconds") <= train_seconds * os.cpu_count() + 1
     assert stamped == {
         "name": "1111",
         "seed": 1,
@@ -126,7 +128,12 @@ def test_ray_sweep_runs_specs_concurrently_with_the_sequential_results(
         name = f"{run.spec}.seed{run.seed}"
         a, b = (json.loads((tmp_path / m / f"{name}.json").read_text()) for m in ("m1", "m2"))
         assert (b["spec"], b["seed"], b["name"]) == (run.spec, 3, run.spec)
-        ignore = {"model", "words_per_second", "train_seconds"}  # the pipeline's folder and the timings differ
+        ignore = {
+            "model",
+            "words_per_second",
+            "train_seconds",
+            "train_cpu_seconds",
+        }  # the pipeline's folder and the timings differ
         assert {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
         weights_a, weights_b = adapter(tmp_path / "t1" / name), adapter(tmp_path / "t2" / name)
         assert weights_a.keys() == weights_b.keys()
@@ -197,3 +204,12 @@ def test_malformed_labels_fail_before_training(sweep, tmp_path, monkeypatch, lab
             Path("c.cfg"), Path("corpus"), tmp_path / "t", tmp_path / "m", specs=label, base_model="b", seeds=[0]
         )
     assert calls == []
+
+
+def test_children_cpu_seconds_counts_a_finished_child(sweep):
+    import subprocess
+    import sys
+
+    before = sweep.children_cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    assert sweep.children_cpu_seconds() - before > 0.1
