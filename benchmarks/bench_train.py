@@ -132,12 +132,18 @@ def covering_subset(examples: list, size: int) -> list:
     return chosen
 
 
-def fingerprint(input_ids, attention_mask) -> str:
-    """Shape and hash of a batch of piece ids and its mask, to check that both arms feed the same input."""
+def row_pieces(input_ids, attention_mask) -> list[tuple[int, ...]]:
+    """The real (unpadded) piece ids of every row of a decoder call."""
     ids = input_ids.detach().cpu().numpy().astype("int64")
-    mask = (attention_mask.detach().cpu().numpy() > 0).astype("int8")
-    digest = hashlib.sha1(ids.tobytes() + mask.tobytes()).hexdigest()[:16]
-    return f"{'x'.join(map(str, ids.shape))}:{digest}"
+    mask = attention_mask.detach().cpu().numpy() > 0
+    return [tuple(int(i) for i in row[keep]) for row, keep in zip(ids, mask, strict=True)]
+
+
+def fingerprint(rows: list[tuple[int, ...]]) -> str:
+    """Row count and a hash of the rows' real piece ids, in any order: both arms must feed the same
+    rows, in one padded call (plain) or in length-ordered calls (spaCy, ``order_by_length``)."""
+    digest = hashlib.sha1(repr(sorted(rows)).encode()).hexdigest()[:16]
+    return f"{len(rows)} rows:{digest}"
 
 
 def preload(args) -> None:
@@ -199,12 +205,15 @@ class SpacyArm:
         self.transformer = nlp.get_pipe("transformer")
         self.decoder = self.transformer.model.transformer
         self.fingerprint: str | None = None
+        self.calls_per_update: int | None = None
+        self._rows: list[tuple[int, ...]] = []
+        self._calls = 0
         self._hook = self.decoder.register_forward_pre_hook(self._record, with_kwargs=True)
         self.drop = args.drop
 
     def _record(self, module, args, kwargs):
-        self.fingerprint = fingerprint(kwargs["input_ids"], kwargs["attention_mask"])
-        self._hook.remove()
+        self._rows += row_pieces(kwargs["input_ids"], kwargs["attention_mask"])
+        self._calls += 1
 
     def info(self) -> dict:
         ner = self.nlp.get_pipe("ner")
@@ -225,8 +234,16 @@ class SpacyArm:
         self.nlp.update(self.batch, sgd=self.optimizer, drop=self.drop, losses=losses)
         self.optimizer.step_schedules()  # as spacy train does after every update (learn-rate warm-up)
         seconds = time.perf_counter() - start
+        if self.fingerprint is None:  # the first update's decoder calls
+            self._hook.remove()
+            self.fingerprint, self.calls_per_update = fingerprint(self._rows), self._calls
         loss = losses.get("ner")
-        return {"seconds": seconds, "loss": None if loss is None else float(loss), "fingerprint": self.fingerprint}
+        return {
+            "seconds": seconds,
+            "loss": None if loss is None else float(loss),
+            "fingerprint": self.fingerprint,
+            "decoder_calls": self.calls_per_update,
+        }
 
     def profile(self, updates: int) -> dict:
         """Timers around the pieces of nlp.update over ``updates`` updates, then one update under cProfile."""
@@ -497,7 +514,7 @@ class PlainArm:
             "n_labels": self.n_labels,
             "torch_threads": torch_threads(),
             "unmasked": list(self.handle.layers),
-            "fingerprint": fingerprint(self.input_ids, self.attention_mask),
+            "fingerprint": fingerprint(row_pieces(self.input_ids, self.attention_mask)),
         }
 
     def step(self) -> dict:
@@ -650,6 +667,7 @@ def run(args) -> dict:
         seconds: dict[tuple, list[float]] = defaultdict(list)
         losses: dict[tuple, list] = defaultdict(list)
         fingerprints: dict[tuple, str | None] = {}
+        decoder_calls: dict[tuple, int] = {}
         for round_ in range(args.warmup + args.updates):
             order = keys if round_ % 2 == 0 else keys[::-1]
             last = {}
@@ -660,6 +678,8 @@ def run(args) -> dict:
                 losses[key].append(reply["loss"])
                 if reply.get("fingerprint"):
                     fingerprints[key] = reply["fingerprint"]
+                if reply.get("decoder_calls"):
+                    decoder_calls[key] = reply["decoder_calls"]
             load.append(os.getloadavg()[0])
             done = f"round {round_ + 1}/{args.warmup + args.updates}"
             log(f"{done}: " + ", ".join(f"{m}/{a} {last[(m, a)]['seconds']:.3f}s" for m, a in keys))
@@ -689,6 +709,7 @@ def run(args) -> dict:
                 **profiles.get(key, {}),
             }
         row["spacy"]["fingerprint"] = fingerprints.get((mode, "spacy"))
+        row["spacy"]["decoder_calls_per_update"] = decoder_calls.get((mode, "spacy"))  # length ordering
         row["same_inputs"] = row["spacy"]["fingerprint"] == row["plain"]["fingerprint"]
         row["time_ratio"] = row["spacy"]["median_s"] / row["plain"]["median_s"]
         row["memory_ratio"] = row["spacy"]["peak_increase_mb"] / row["plain"]["peak_increase_mb"]

@@ -28,6 +28,7 @@ def test_bench_train_smoke_measures_both_arms_in_both_modes(tiny_llama_dir, tmp_
         assert row["overhead_ratio"] > 0, mode
         # the plain loop feeds the decoder exactly the pieces the pipeline does, through the same layers
         assert row["same_inputs"] is True, mode
+        assert row["spacy"]["decoder_calls_per_update"] >= 1, mode
         assert row["spacy"]["num_layers"] == row["plain"]["num_layers"] == 4, mode
         assert row["spacy"]["trainable_decoder_params"] == row["plain"]["trainable_decoder_params"], mode
         assert row["spacy"]["unmasked"] == row["plain"]["unmasked"], mode
