@@ -495,9 +495,10 @@ def features_plan(args) -> list[tuple[str, str, dict]]:
     return rows
 
 
-def precision_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
+def precision_plan(pipelines: dict[str, Path], *, train: bool = True) -> list[tuple[str, str, dict]]:
     """(row label, case, overrides) of the precision benchmark; ``pipelines``
-    maps each precision to its saved LoRA pipeline."""
+    maps each precision to its saved LoRA pipeline; ``train=False`` leaves out
+    the training rows."""
     rows = [
         ("infer float32, unmerged (before)", "loaded_infer", {"pipeline": pipelines["float32"], "no_merge": True}),
         ("infer float32, merged", "loaded_infer", {"pipeline": pipelines["float32"]}),
@@ -508,7 +509,7 @@ def precision_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
         ("infer int8, quantized base", "loaded_infer", {"pipeline": pipelines["int8"], "no_merge": True}),
         ("infer int8, dequantized (default)", "loaded_infer", {"pipeline": pipelines["int8"]}),
     ]
-    for precision in ("float32", "bfloat16", "nf4", "int8"):
+    for precision in ("float32", "bfloat16", "nf4", "int8") if train else ():
         rows.append((f"train LoRA {precision}", "train", {"lora": True, "precision": precision}))
     return rows
 
@@ -601,7 +602,7 @@ def run_precision(args, results: dict) -> None:
     for precision in ("float32", "bfloat16", "nf4", "int8"):
         pipelines[precision] = workdir / precision
         run_case("save", args, precision=precision, pipeline=pipelines[precision])
-    rows = precision_plan(pipelines)
+    rows = precision_plan(pipelines, train=not args.skip_train)
     collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
     results["load_average"] = []
     for round_index in range(args.rounds):
@@ -625,6 +626,9 @@ def run_precision(args, results: dict) -> None:
             "words_per_second"
         ]
         / results["rows"]["infer bfloat16, merged"]["words_per_second"],
+        # where the CPU lacks native bfloat16, "auto" runs float32 and so does a dequantized NF4 base
+        "qlora_dequantized_vs_float32_merged": results["rows"]["infer nf4, dequantized (default)"]["words_per_second"]
+        / results["rows"]["infer float32, merged"]["words_per_second"],
         "nf4_model_memory_vs_float32 (<= 0.25)": memory["nf4_mb"] / memory["float32_mb"],
         "nf4_model_memory_vs_float32_all_layers": results["model_memory"]["nf4_mb"]
         / results["model_memory"]["float32_mb"],
@@ -650,6 +654,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--no-merge", action="store_true", help="loaded_infer: merge_lora = false")
     parser.add_argument("--no-order", action="store_true", help="order_infer: order_by_length off")
+    parser.add_argument("--skip-train", action="store_true", help="precision plan: inference rows only")
     parser.add_argument("--corpus", choices=("tweets", "mixed"), default="tweets", help="order_infer: the texts")
     parser.add_argument("--pipeline", type=Path, help="save / loaded_infer: the saved pipeline's folder")
     parser.add_argument("--layers-cut", type=int, help="features plan: also measure with only the first K blocks")

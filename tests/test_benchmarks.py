@@ -77,6 +77,9 @@ def test_precision_plan_smoke_measures_every_case(precision_results):
     assert targets["qlora_dequantized_vs_bfloat16_merged (>= 0.9)"] == (
         served["words_per_second"] / bf16["words_per_second"]
     )
+    assert targets["qlora_dequantized_vs_float32_merged"] == (
+        served["words_per_second"] / rows["infer float32, merged"]["words_per_second"]
+    )
     assert len(results["load_average"]) == 2 and results["settings"]["torch_threads"] == 1
 
 
@@ -138,3 +141,20 @@ def test_padding_plan_smoke_compares_ordering_on_and_off(tiny_folder, tmp_path):
     mixed_on, mixed_off = rows["mixed, batch 16, ordered"], rows["mixed, batch 16, unordered"]
     assert mixed_on["decoder_calls"] > mixed_off["decoder_calls"]
     assert mixed_on["real_pieces_share"] > 1.5 * mixed_off["real_pieces_share"]
+
+
+def test_precision_plan_without_training_rows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_module", BENCHMARKS / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pipelines = {p: Path(p) for p in ("float32", "bfloat16", "nf4", "int8")}
+    full, inference = bench.precision_plan(pipelines), bench.precision_plan(pipelines, train=False)
+    assert [label for label, _, _ in full if label.startswith("train")] == [
+        "train LoRA float32",
+        "train LoRA bfloat16",
+        "train LoRA nf4",
+        "train LoRA int8",
+    ]
+    assert inference == [row for row in full if not row[0].startswith("train")]
