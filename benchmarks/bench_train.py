@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIG = ROOT / "configs" / "ner.cfg"
+QLORA_CONFIG = ROOT / "configs" / "ner_qlora.cfg"
 DEFAULT_CORPUS = ROOT / "corpus" / "wnut16" / "train.spacy"
 DEMO_NUM_LAYERS = 20  # project.yml vars.num_layers: the demo trains the first 20 of SmolLM2's 30 blocks
 ARMS = ("spacy", "plain")
@@ -81,8 +82,9 @@ def max_rss_mb() -> float:
 
 
 def load_config(args):
-    """configs/ner.cfg with the demo's overrides (base model, num_layers) and,
-    for LoRA, no quantization block."""
+    """The demo's config (``--config``; by default configs/ner.cfg for LoRA and
+    configs/ner_qlora.cfg, its 4-bit twin, for QLoRA) with the demo's overrides
+    (base model, num_layers); LoRA drops any quantization block."""
     import spacy
 
     overrides = {
@@ -91,7 +93,8 @@ def load_config(args):
     }
     if args.quant == "lora":
         overrides["components.transformer.model.quantization"] = None
-    return spacy.util.load_config(args.config, overrides=overrides, interpolate=False)
+    config = args.config or (QLORA_CONFIG if args.quant == "qlora" else DEFAULT_CONFIG)
+    return spacy.util.load_config(config, overrides=overrides, interpolate=False)
 
 
 def reference_docs(args, vocab) -> list:
@@ -613,8 +616,7 @@ class Child:
             mode,
             "--model",
             args.model,
-            "--config",
-            str(args.config),
+            *(["--config", str(args.config)] if args.config else []),
             "--corpus",
             str(args.corpus),
             "--batch-size",
@@ -738,7 +740,7 @@ def run(args) -> dict:
             "updates": args.updates,
             "warmup": args.warmup,
             "corpus": str(args.corpus),
-            "config": str(args.config),
+            "config": str(args.config or f"{DEFAULT_CONFIG} (LoRA), {QLORA_CONFIG} (QLoRA)"),
         },
         "modes": results,
     }
@@ -811,7 +813,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help='a Hugging Face folder, or "tiny" (a tiny random Llama)')
     parser.add_argument("--corpus", default=None, help='a .spacy file of training docs, or "builtin" (tests.helpers)')
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--config", type=Path, default=None, help="default: configs/ner.cfg, ner_qlora.cfg for QLoRA")
     parser.add_argument("--mode", choices=("lora", "qlora", "both"), default="both")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per arm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")

@@ -49,8 +49,8 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_llama_dir):
-    """configs/ner.cfg on the tiny model (eager attention, no warm-up, so a few steps learn)."""
-    cfg = spacy.util.load_config(CONFIGS / "ner.cfg", interpolate=False)
+    """configs/ner_qlora.cfg on the tiny model (eager attention, no warm-up, so a few steps learn)."""
+    cfg = spacy.util.load_config(CONFIGS / "ner_qlora.cfg", interpolate=False)
     cfg["paths"]["base_model"] = str(tiny_llama_dir)
     cfg["components"]["transformer"]["model"]["attn_implementation"] = "eager"
     cfg["training"]["optimizer"]["learn_rate"]["warmup_steps"] = 0
