@@ -112,6 +112,7 @@ class Summary:
     per_update: Stat | None = None
     train_seconds: float = 0.0
     timed: int = 0
+    wall_timed: bool = False  # some runs recorded only wall time
 
 
 def number(value: Any) -> float | None:
@@ -186,6 +187,9 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
         per_update=Stat.of(per_update) if per_update else None,
         train_seconds=sum(timed),
         timed=len(timed),
+        wall_timed=any(
+            number(run.get("train_cpu_seconds")) is None and t is not None for run, t in zip(runs, times, strict=True)
+        ),
     )
 
 
@@ -280,6 +284,7 @@ def cost_text(summary: Summary) -> str:
     if stat is None:
         return "n/a"
     text = f"{stat.mean:,.0f}" if stat.mean >= 1000 else f"{stat.mean:.3g}"
+    text += " (wall)" if summary.wall_timed else ""
     return text if stat.n == summary.f.n else f"{text} ({stat.n} of {summary.f.n} seeds)"
 
 
@@ -372,7 +377,8 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
         "",
         "Spec bits run from the group nearest the input (left) to the output (right); 1 = bidirectional. "
         "Scores are mean ± sample standard deviation over seeds (one value: one seed), in %. "
-        "Train s/update = CPU time (user + system; else wall time) of `spacy train` / max_steps, mean over seeds; "
+        "Train s/update = CPU time (user + system) of `spacy train` / max_steps, mean over seeds; "
+        "(wall) = runs that recorded only wall time, which a busy machine inflates; "
         "Words/s = inference speed on the test split.",
     ]
     if variants:

@@ -231,7 +231,7 @@ def variant_runs() -> dict[str, dict]:
             repeat = 2 if label == "none+r2" else int("+r1" in label)
             run |= {"repeat": repeat, "num_layers": 15 if "@15" in label else None, "max_steps": MAX_STEPS}
             if TRAIN_SECONDS[label][seed] is not None:
-                run["train_seconds"] = TRAIN_SECONDS[label][seed]
+                run["train_seconds"] = run["train_cpu_seconds"] = TRAIN_SECONDS[label][seed]
             run |= {"spec": label, "seed": seed}
             runs[f"{label}.seed{seed}"] = run
     return runs
@@ -370,7 +370,7 @@ def test_compute_line_sums_train_seconds_of_all_runs(report, tmp_path, capsys):
         "(runs without a recorded time not counted: 2)."
     )
     assert line in text.splitlines()
-    assert row(text, "0000")[6] == "9 (1 of 2 seeds)" and row(text, "0011+r1")[6] == "3"
+    assert row(text, "0000")[6] == "9 (wall) (1 of 2 seeds)" and row(text, "0011+r1")[6] == "3 (wall)"
     assert line.replace("`", "") in capsys.readouterr().out
 
     specs = report.normalise_specs(sweep_runs())  # no recorded times at all
@@ -401,5 +401,5 @@ def test_cpu_time_of_training_counts_before_wall_time(report, tmp_path):
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "0000")[6] == "2" and row(text, "0011")[6] == "3"
+    assert row(text, "0000")[6] == "2" and row(text, "0011")[6].strip("*") == "3 (wall)"
     assert "Compute: 1.17 CPU-hours of training" in text
