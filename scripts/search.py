@@ -21,7 +21,6 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import spacy
@@ -34,6 +33,7 @@ from spacy_unmasked.ray.tune import TrialSettings, train_trial, trial_dirname, t
 from spacy_unmasked.spec import check_spec
 
 TUNE_DIR = "tune"
+JOURNAL_FILE = "asha-journal.jsonl"  # the scheduler's rung record, replayed on resume
 TRIALS_DIR = "trials"
 SETTINGS_FILE = "search-settings.json"
 SPEC_GRAMMAR = (
@@ -208,35 +208,6 @@ def connect(address: str | None, num_cpus: int | None, timeout: float = 5.0) -> 
     return True
 
 
-def replay_rungs(tuner: Any, scheduler: Any) -> None:
-    """Give a restored ASHA the rung scores its trials reported before the interruption.
-
-    Ray Tune 2.60 saves trials and their results but not the scheduler's state, so a
-    restored ASHA would start with empty rungs: a trial that restarts after an interruption
-    would meet no cutoff. Each earlier result goes through the scheduler's own
-    ``on_trial_result`` (which records the rungs) under the trial's id, so the trials that
-    resume are stopped exactly as without the interruption."""
-    for result in tuner.get_results():
-        frame = result.metrics_dataframe
-        if result.error is not None or frame is None or "score" not in frame or not result.metrics:
-            continue  # errored trials restart with a new id; trials without reports have no rungs
-        trial = SimpleNamespace(trial_id=result.metrics["trial_id"])
-        scheduler.on_trial_add(None, trial)
-        for step, score in zip(frame["step"], frame["score"], strict=True):
-            if step == step and score == score:  # skip NaN rows
-                scheduler.on_trial_result(None, trial, {"step": int(step), "score": float(score)})
-        scheduler.on_trial_remove(None, trial)
-
-
-def restored_scheduler(tuner: Any) -> Any:
-    """The scheduler a restored Tuner will run with: Ray Tune 2.60 unpickles it with the
-    tuner and has no public accessor, hence the private path (the ray extra pins 2.60)."""
-    try:
-        return tuner._local_tuner._tune_config.scheduler
-    except AttributeError:
-        return None
-
-
 def run_tune(
     output: Path,
     settings: TrialSettings,
@@ -251,7 +222,8 @@ def run_tune(
 ) -> Any:
     """Run (or resume) the Tune experiment ``OUTPUT/tune``; returns its ResultGrid."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from spacy_unmasked.ray.asha import JournaledASHA, start_journal
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, settings=settings), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
@@ -259,18 +231,12 @@ def run_tune(
     path = output.resolve() / TUNE_DIR
     if tune.Tuner.can_restore(path):
         print(f"Resuming the search in {path}: finished trials are kept, unfinished ones restart", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
-        scheduler = restored_scheduler(tuner)
-        if scheduler is None:
-            print(
-                "Warning: cannot reach the restored ASHA scheduler of this Ray version; trials that restart "
-                "meet rungs without the earlier trials' scores",
-                flush=True,
-            )
-        else:
-            replay_rungs(tuner, scheduler)
-        return tuner.fit()
-    scheduler = ASHAScheduler(
+        # the scheduler comes back with the Tuner and replays its journal (spacy_unmasked/ray/asha.py)
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True).fit()
+    journal = output.resolve() / JOURNAL_FILE
+    start_journal(journal)
+    scheduler = JournaledASHA(
+        journal=journal,
         time_attr="step",
         metric="score",
         mode="max",
