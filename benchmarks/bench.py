@@ -1,6 +1,6 @@
 """Speed and memory of spacy-unmasked on CPU or GPU.
 
-Two plans, each case in a fresh subprocess so that its peak memory is its own:
+Plans, each case in a fresh subprocess so that its peak memory is its own:
 
 * ``--plan features`` (default): inference throughput against a plain
   transformers forward pass, the cost of unmasking, training cost (LoRA vs full
@@ -12,12 +12,20 @@ Two plans, each case in a fresh subprocess so that its peak memory is its own:
   interleaved (A B C ... A B C ...) for ``--rounds`` rounds and each figure is
   the median over rounds, so that drift in a shared machine's load hits every
   case alike; the load average is recorded with every round.
+* ``--plan padding``: ``nlp.pipe`` words/s with length ordering on and off, on
+  tweets and on tweets mixed with paragraphs, at batches of 16 and 128.
+* ``--plan table``: the figures of the docs' summary table in one run: the
+  guards (pipeline vs its own forward pass at float32, bfloat16 and NF4; the
+  cost of unmasking), loaded pipelines (float32 and bfloat16 merged, NF4 as
+  quantized and dequantized), length ordering, and ``bench_train.py``'s spaCy
+  update against a plain PyTorch + PEFT loop; interleaved rounds as above.
 
 Prints a table and writes JSON:
 
     python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan precision --output out.json
     python benchmarks/bench.py --model tiny --plan precision --smoke   # seconds: a tiny random Llama
     python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan padding --output out.json
+    python benchmarks/bench.py --model /path/to/smollm2 --num-layers 20 --plan table --output out.json
 """
 
 import argparse
@@ -55,7 +63,7 @@ PRECISIONS: dict[str, dict] = {
             "bits": 4,
             "quant_type": "nf4",
             "double_quant": True,
-            "compute_dtype": "bfloat16",
+            "compute_dtype": "auto",
         }
     },
     "int8": {"quantization": {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 8}},
@@ -555,6 +563,116 @@ def run_padding(args, results: dict) -> None:
     results["targets"] = targets
 
 
+PADDING_DOCS = 128  # the padding rows need at least the largest batch size
+
+
+def table_plan(pipelines: dict[str, Path]) -> list[tuple[str, str, dict]]:
+    """(row label, case, overrides) of the summary table; ``pipelines`` maps
+    float32, bfloat16 and nf4 to their saved LoRA pipelines."""
+    rows = [(f"guard: {p} pipeline vs forward", "infer", {"precision": p}) for p in ("float32", "bfloat16", "nf4")]
+    rows += [(f"guard: unmasking cost ({attn})", "unmask_cost", {"attn": attn}) for attn in ("eager", "sdpa")]
+    rows += [
+        ("infer float32, merged", "loaded_infer", {"pipeline": pipelines["float32"]}),
+        ("infer bfloat16, merged", "loaded_infer", {"pipeline": pipelines["bfloat16"]}),
+        ("infer nf4, quantized base", "loaded_infer", {"pipeline": pipelines["nf4"], "no_merge": True}),
+        ("infer nf4, dequantized (default)", "loaded_infer", {"pipeline": pipelines["nf4"]}),
+    ]
+    # float32: ordering changes the batch shapes, and bfloat16 matmuls round differently per shape
+    padding = {"docs": PADDING_DOCS, "precision": "float32"}
+    rows += [(label, case, {**overrides, **padding}) for label, case, overrides in padding_plan()]
+    return rows
+
+
+def run_training_comparison(args) -> dict:
+    """``bench_train.py --mode both`` (its own processes, one thread each) on the
+    same base; its JSON."""
+    out = Path(tempfile.mkdtemp(prefix="bench-train-")) / "train.json"
+    command = [sys.executable, str(Path(__file__).with_name("bench_train.py")), "--model", args.model, "--mode", "both"]
+    updates, profile = (1, 0) if args.smoke else (args.train_updates, 1)
+    command += ["--updates", str(updates), "--warmup", "1", "--profile-updates", str(profile), "--out", str(out)]
+    command += ["--num-layers", "null" if args.num_layers is None else str(args.num_layers)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench_train.py failed:\n{result.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def run_table(args, results: dict) -> None:
+    """Every row of :func:`table_plan` ``args.rounds`` times, interleaved, then
+    the training comparison; the targets of the summary table."""
+    import torch
+
+    from spacy_unmasked.hub import native_bfloat16
+
+    started = time.time()
+    results["settings"] = {
+        "num_layers": args.num_layers,
+        "unmask": args.unmask,
+        "lora": LORA_R8,
+        "docs": args.docs,
+        "padding_docs": PADDING_DOCS,
+        "batch_size": args.batch_size,
+        "repeats_per_process": args.repeats,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "native_bfloat16": native_bfloat16(torch.device("cpu")),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="bench-table-"))
+    pipelines = {p: workdir / p for p in ("float32", "bfloat16", "nf4")}
+    for precision, folder in pipelines.items():
+        run_case("save", args, precision=precision, pipeline=folder)
+    rows = table_plan(pipelines)
+    collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    results["load_average"] = []
+    for round_index in range(args.rounds):
+        results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+        for label, case, overrides in rows:
+            collected[label].append(run_case(case, args, **overrides))
+            print(f"round {round_index + 1} {label:40} {format_row(collected[label][-1])}", flush=True)
+    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+    for label, values in collected.items():
+        results["rows"][label] = summarize_rounds(values)
+    results["training"] = run_training_comparison(args)
+    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+    results["targets"] = table_targets(results)
+    results["wall_seconds"] = time.time() - started
+
+
+def table_targets(results: dict) -> dict:
+    """The summary table's checks, from its rows and the training comparison."""
+    rows = results["rows"]
+
+    def speed(label: str) -> float:
+        return rows[label]["words_per_second"]
+
+    fastest_merged = max(speed("infer float32, merged"), speed("infer bfloat16, merged"))
+    targets: dict = {
+        "qlora_dequantized_vs_bfloat16_merged (>= 0.9)": speed("infer nf4, dequantized (default)")
+        / speed("infer bfloat16, merged"),
+        "qlora_dequantized_vs_fastest_merged (>= 0.9)": speed("infer nf4, dequantized (default)") / fastest_merged,
+        "qlora_dequantized_vs_quantized": speed("infer nf4, dequantized (default)")
+        / speed("infer nf4, quantized base"),
+    }
+    for precision in ("float32", "bfloat16", "nf4"):
+        targets[f"{precision}_pipeline_vs_forward (~1.0)"] = rows[f"guard: {precision} pipeline vs forward"][
+            "pipeline_vs_forward"
+        ]
+    for attn in ("eager", "sdpa"):
+        targets[f"unmask_all_vs_none_{attn} (~1.0)"] = rows[f"guard: unmasking cost ({attn})"]["all_vs_none"]
+    for corpus in ("tweets", "mixed"):
+        for batch_size in PADDING_BATCH_SIZES:
+            on, off = rows[f"{corpus}, batch {batch_size}, ordered"], rows[f"{corpus}, batch {batch_size}, unordered"]
+            targets[f"{corpus}, batch {batch_size}: ordered vs unordered words/s"] = (
+                on["words_per_second"] / off["words_per_second"]
+            )
+            targets[f"{corpus}, batch {batch_size}: same entities"] = on["entities_digest"] == off["entities_digest"]
+    for mode, comparison in results["training"]["modes"].items():
+        targets[f"train {mode}: spacy vs plain time (<= 1.1)"] = comparison["time_ratio"]
+        targets[f"train {mode}: spacy vs plain peak RSS (<= 1.1)"] = comparison["peak_rss_ratio"]
+        targets[f"train {mode}: same decoder inputs"] = comparison["same_inputs"]
+    return targets
+
+
 def summarize_rounds(values: list[dict]) -> dict:
     """Median over rounds of every number; other values from the first round."""
     row = dict(values[0])
@@ -639,7 +757,7 @@ def run_precision(args, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES))
-    parser.add_argument("--plan", choices=("features", "precision", "padding"), default="features")
+    parser.add_argument("--plan", choices=("features", "precision", "padding", "table"), default="features")
     parser.add_argument("--model", default="tiny", help="model folder / hub id, or 'tiny'")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -655,6 +773,7 @@ def main() -> None:
     parser.add_argument("--no-merge", action="store_true", help="loaded_infer: merge_lora = false")
     parser.add_argument("--no-order", action="store_true", help="order_infer: order_by_length off")
     parser.add_argument("--skip-train", action="store_true", help="precision plan: inference rows only")
+    parser.add_argument("--train-updates", type=int, default=3, help="table plan: timed updates per training arm")
     parser.add_argument("--corpus", choices=("tweets", "mixed"), default="tweets", help="order_infer: the texts")
     parser.add_argument("--pipeline", type=Path, help="save / loaded_infer: the saved pipeline's folder")
     parser.add_argument("--layers-cut", type=int, help="features plan: also measure with only the first K blocks")
@@ -694,6 +813,8 @@ def main() -> None:
         run_precision(args, results)
     elif args.plan == "padding":
         run_padding(args, results)
+    elif args.plan == "table":
+        run_table(args, results)
     else:
         for label, case, overrides in features_plan(args):
             row = run_case(case, args, **overrides)

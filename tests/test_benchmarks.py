@@ -158,3 +158,34 @@ def test_precision_plan_without_training_rows():
         "train LoRA int8",
     ]
     assert inference == [row for row in full if not row[0].startswith("train")]
+
+
+def test_table_plan_smoke_fills_every_row_and_target(tiny_folder, tmp_path):
+    """The summary table's run: guards, loaded pipelines, ordering and the training
+    comparison, each present and computed from its own rows."""
+    output = tmp_path / "table.json"
+    run_bench("--model", tiny_folder, "--plan", "table", "--smoke", "--output", output)
+    results = json.loads(output.read_text())
+    rows, targets = results["rows"], results["targets"]
+    for precision, quantized in (("float32", None), ("bfloat16", None), ("nf4", "4-bit")):
+        guard = rows[f"guard: {precision} pipeline vs forward"]
+        assert guard["quantized"] == quantized and guard["pipeline_vs_forward"] > 0
+        assert targets[f"{precision}_pipeline_vs_forward (~1.0)"] == guard["pipeline_vs_forward"]
+    assert rows["infer nf4, quantized base"]["inference"] == "quantized 4-bit"
+    assert rows["infer nf4, dequantized (default)"]["inference"].startswith("dequantized")
+    assert rows["infer bfloat16, merged"]["merged"] is True
+    dequantized = rows["infer nf4, dequantized (default)"]["words_per_second"]
+    assert targets["qlora_dequantized_vs_bfloat16_merged (>= 0.9)"] == pytest.approx(
+        dequantized / rows["infer bfloat16, merged"]["words_per_second"]
+    )
+    fastest = max(rows[f"infer {p}, merged"]["words_per_second"] for p in ("float32", "bfloat16"))
+    assert targets["qlora_dequantized_vs_fastest_merged (>= 0.9)"] == pytest.approx(dequantized / fastest)
+    for corpus in ("tweets", "mixed"):
+        for batch_size in (16, 128):
+            assert targets[f"{corpus}, batch {batch_size}: same entities"] is True
+            assert rows[f"{corpus}, batch {batch_size}, ordered"]["words"] > 0
+    for mode in ("lora", "qlora"):
+        comparison = results["training"]["modes"][mode]
+        assert targets[f"train {mode}: same decoder inputs"] is True
+        assert targets[f"train {mode}: spacy vs plain time (<= 1.1)"] == comparison["time_ratio"] > 0
+    assert set(results["settings"]) >= {"native_bfloat16", "padding_docs", "rounds"}
