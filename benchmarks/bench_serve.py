@@ -4,6 +4,7 @@
     python benchmarks/bench_serve.py sleep --sleep-ms 100 --requests 2000 --clients 32
     python benchmarks/bench_serve.py --model assets/smollm2-135m --requests 500 --clients 32
     python benchmarks/bench_serve.py training/unmasked_smollm2/model-best --requests 10000 --output serve.json
+    python benchmarks/bench_serve.py training/unmasked_smollm2/model-best --pipe-only --requests 192
 
 PIPELINE is a pipeline name or path; "tiny" builds a tiny random Llama pipeline here, and --model
 builds an initialized (untrained) pipeline from configs/ner.cfg on a Hugging Face folder (the cost
@@ -329,6 +330,50 @@ def bench(pipeline: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     return results
 
 
+def pipe_speed(pipeline: str, *, threads: int, batch_size: int, n_texts: int, code: Path | None) -> dict[str, Any]:
+    """texts/s of ``nlp.pipe`` alone (no server) on ``threads`` torch threads, one text per call
+    (``batch_size`` 1, as the baseline server runs) or in batches; run in a process of its own."""
+    import spacy
+    import torch
+
+    torch.set_num_threads(threads)
+    if code:
+        import_file("bench_code", code)
+    nlp = spacy.load(pipeline)
+    sample = texts(n_texts)
+    list(nlp.pipe(sample[:32], batch_size=32))  # warm up (and merge adapters)
+    start_time = time.perf_counter()
+    if batch_size == 1:
+        for text in sample:
+            list(nlp.pipe([text]))
+    else:
+        list(nlp.pipe(sample, batch_size=batch_size))
+    seconds = time.perf_counter() - start_time
+    return {"threads": threads, "batch_size": batch_size, "texts_per_second": len(sample) / seconds}
+
+
+def pipe_only(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The bound a server meets: ``nlp.pipe`` texts/s one at a time and in batches of
+    ``--max-batch-size``, on every core and on one, each in a fresh process."""
+    rows = []
+    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+        for batch_size in (1, args.max_batch_size):
+            command = [sys.executable, __file__, pipeline, "--pipe-case", f"{threads},{batch_size}"]
+            command += ["--requests", str(args.requests)] + (["--code", str(args.code)] if args.code else [])
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"pipe case {threads},{batch_size} failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{threads} thread(s), batch {batch_size}: {rows[-1]['texts_per_second']:.1f} texts/s", flush=True)
+    return {
+        "pipeline": pipeline,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "load_average_start": os.getloadavg()[0],
+        "texts": args.requests,
+        "pipe": rows,
+    }
+
+
 def report(results: dict[str, Any]) -> None:
     """A markdown table of the results."""
     print(
@@ -376,12 +421,23 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=float, default=100.0, help='the "sleep" pipeline\'s time per nlp.pipe call')
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a request counts as lost")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--pipe-only",
+        action="store_true",
+        help="no servers: nlp.pipe texts/s one text per call and in batches of --max-batch-size (--requests texts)",
+    )
+    parser.add_argument("--pipe-case", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         run_baseline_server(args.baseline_server, port=args.port, threads=args.threads, code=args.code)
+        return
+    if args.pipe_case:
+        threads, batch_size = map(int, args.pipe_case.split(","))
+        speed = pipe_speed(args.pipeline, threads=threads, batch_size=batch_size, n_texts=args.requests, code=args.code)
+        print(json.dumps(speed))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     if args.model or args.pipeline in ("tiny", "sleep"):
@@ -390,6 +446,11 @@ def main() -> None:
         pipeline = args.pipeline
     if args.pipeline == "sleep" and not args.model:
         args.code = Path(__file__).resolve()  # the replicas need the bench_sleep factory
+    if args.pipe_only:
+        results = pipe_only(pipeline, args)
+        if args.output:
+            args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf8")
+        return
     results = bench(pipeline, args, work)
     if args.model:
         results["pipeline"] = f"{args.model} (initialized from configs/ner.cfg, 20 blocks)"

@@ -189,3 +189,22 @@ def test_table_plan_smoke_fills_every_row_and_target(tiny_folder, tmp_path):
         assert targets[f"train {mode}: same decoder inputs"] is True
         assert targets[f"train {mode}: spacy vs plain time (<= 1.1)"] == comparison["time_ratio"] > 0
     assert set(results["settings"]) >= {"native_bfloat16", "padding_docs", "rounds"}
+
+
+def test_serve_benchmark_pipe_only_measures_one_text_per_call_and_batches(tmp_path):
+    """bench_serve.py --pipe-only: nlp.pipe alone, one text per call and in batches, per thread count."""
+    import os
+
+    output = tmp_path / "pipe.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_serve.py"), "tiny", "--pipe-only", "--requests", "8"]
+        + ["--max-batch-size", "4", "--output", str(output)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(output.read_text())["pipe"]
+    expected = [(threads, batch) for threads in sorted({os.cpu_count() or 1, 1}, reverse=True) for batch in (1, 4)]
+    assert [(row["threads"], row["batch_size"]) for row in rows] == expected
+    assert all(row["texts_per_second"] > 0 for row in rows)
+    assert "thread(s), batch 4:" in result.stdout
