@@ -536,31 +536,41 @@ def padding_plan() -> list[tuple[str, str, dict]]:
     return rows
 
 
-def run_padding(args, results: dict) -> None:
-    """Every padding case ``args.rounds`` times, interleaved; the speed-up of
-    ordering per corpus and batch size, and whether the entities agree."""
-    rows = padding_plan()
+def run_rounds(args, rows: list[tuple[str, str, dict]], results: dict, *, width: int = 36) -> None:
+    """Every row's case ``args.rounds`` times, interleaved (A B C ... A B C ...), so that drift
+    in a shared machine's load hits every case alike; the median of each row goes to
+    ``results["rows"]`` and the load average before each round to ``results["load_average"]``."""
     collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
-    results["settings"] = {"num_layers": args.num_layers, "unmask": args.unmask, "lora": LORA_R8, "docs": args.docs}
     results["load_average"] = []
     for round_index in range(args.rounds):
         results["load_average"].append([round(x, 2) for x in os.getloadavg()])
         for label, case, overrides in rows:
             collected[label].append(run_case(case, args, **overrides))
-            print(f"round {round_index + 1} {label:36} {format_row(collected[label][-1])}", flush=True)
+            print(f"round {round_index + 1} {label:{width}} {format_row(collected[label][-1])}", flush=True)
     results["load_average"].append([round(x, 2) for x in os.getloadavg()])
     for label, values in collected.items():
         results["rows"][label] = summarize_rounds(values)
+
+
+def ordering_targets(rows: dict) -> dict:
+    """Speed-up of length ordering and whether the entities agree, per corpus and batch size."""
     targets = {}
     for corpus in ("tweets", "mixed"):
         for batch_size in PADDING_BATCH_SIZES:
-            on = results["rows"][f"{corpus}, batch {batch_size}, ordered"]
-            off = results["rows"][f"{corpus}, batch {batch_size}, unordered"]
+            on, off = rows[f"{corpus}, batch {batch_size}, ordered"], rows[f"{corpus}, batch {batch_size}, unordered"]
             targets[f"{corpus}, batch {batch_size}: ordered vs unordered words/s"] = (
                 on["words_per_second"] / off["words_per_second"]
             )
             targets[f"{corpus}, batch {batch_size}: same entities"] = on["entities_digest"] == off["entities_digest"]
-    results["targets"] = targets
+    return targets
+
+
+def run_padding(args, results: dict) -> None:
+    """Every padding case ``args.rounds`` times, interleaved; the speed-up of
+    ordering per corpus and batch size, and whether the entities agree."""
+    results["settings"] = {"num_layers": args.num_layers, "unmask": args.unmask, "lora": LORA_R8, "docs": args.docs}
+    run_rounds(args, padding_plan(), results)
+    results["targets"] = ordering_targets(results["rows"])
 
 
 PADDING_DOCS = 128  # the padding rows need at least the largest batch size
@@ -621,17 +631,7 @@ def run_table(args, results: dict) -> None:
     pipelines = {p: workdir / p for p in ("float32", "bfloat16", "nf4")}
     for precision, folder in pipelines.items():
         run_case("save", args, precision=precision, pipeline=folder)
-    rows = table_plan(pipelines)
-    collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
-    results["load_average"] = []
-    for round_index in range(args.rounds):
-        results["load_average"].append([round(x, 2) for x in os.getloadavg()])
-        for label, case, overrides in rows:
-            collected[label].append(run_case(case, args, **overrides))
-            print(f"round {round_index + 1} {label:40} {format_row(collected[label][-1])}", flush=True)
-    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
-    for label, values in collected.items():
-        results["rows"][label] = summarize_rounds(values)
+    run_rounds(args, table_plan(pipelines), results, width=40)
     results["training"] = run_training_comparison(args)
     results["load_average"].append([round(x, 2) for x in os.getloadavg()])
     results["targets"] = table_targets(results)
@@ -659,13 +659,7 @@ def table_targets(results: dict) -> dict:
         ]
     for attn in ("eager", "sdpa"):
         targets[f"unmask_all_vs_none_{attn} (~1.0)"] = rows[f"guard: unmasking cost ({attn})"]["all_vs_none"]
-    for corpus in ("tweets", "mixed"):
-        for batch_size in PADDING_BATCH_SIZES:
-            on, off = rows[f"{corpus}, batch {batch_size}, ordered"], rows[f"{corpus}, batch {batch_size}, unordered"]
-            targets[f"{corpus}, batch {batch_size}: ordered vs unordered words/s"] = (
-                on["words_per_second"] / off["words_per_second"]
-            )
-            targets[f"{corpus}, batch {batch_size}: same entities"] = on["entities_digest"] == off["entities_digest"]
+    targets.update(ordering_targets(rows))
     for mode, comparison in results["training"]["modes"].items():
         targets[f"train {mode}: spacy vs plain time (<= 1.1)"] = comparison["time_ratio"]
         targets[f"train {mode}: spacy vs plain peak RSS (<= 1.1)"] = comparison["peak_rss_ratio"]
@@ -720,19 +714,9 @@ def run_precision(args, results: dict) -> None:
     for precision in ("float32", "bfloat16", "nf4", "int8"):
         pipelines[precision] = workdir / precision
         run_case("save", args, precision=precision, pipeline=pipelines[precision])
-    rows = precision_plan(pipelines, train=not args.skip_train)
-    collected: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
-    results["load_average"] = []
-    for round_index in range(args.rounds):
-        results["load_average"].append([round(x, 2) for x in os.getloadavg()])
-        for label, case, overrides in rows:
-            collected[label].append(run_case(case, args, **overrides))
-            print(f"round {round_index + 1} {label:36} {format_row(collected[label][-1])}", flush=True)
-    results["load_average"].append([round(x, 2) for x in os.getloadavg()])
+    run_rounds(args, precision_plan(pipelines, train=not args.skip_train), results)
     results["model_memory"] = run_case("memory", args, num_layers=None)
     results["model_memory_num_layers"] = {"num_layers": args.num_layers, **run_case("memory", args)}
-    for label, values in collected.items():
-        results["rows"][label] = summarize_rounds(values)
     baseline = results["rows"]["infer float32, unmerged (before)"]["words_per_second"]
     for label, row in results["rows"].items():
         if "words_per_second" in row and label.startswith("infer"):
