@@ -196,9 +196,9 @@ def test_serve_benchmark_pipe_only_measures_one_text_per_call_and_batches(tmp_pa
     import os
 
     output = tmp_path / "pipe.json"
+    arguments = ["tiny", "--pipe-only", "--requests", "8", "--max-batch-size", "4", "--output", str(output)]
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_serve.py"), "tiny", "--pipe-only", "--requests", "8"]
-        + ["--max-batch-size", "4", "--output", str(output)],
+        [sys.executable, str(BENCHMARKS / "bench_serve.py"), *arguments],
         capture_output=True,
         text=True,
     )
