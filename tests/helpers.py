@@ -214,6 +214,32 @@ TRAIN = [
     ("Jane Smith moved to Berlin.", [(0, 10, "PER"), (20, 26, "LOC")]),
 ]
 
+# Short texts for the Ray tests (apply and serve), some without entities.
+SAMPLE_TEXTS = [
+    "Jane Smith visited Berlin.",
+    "Apple Inc. hired Barack Obama in Paris.",
+    "Angela Merkel moved to Boston on Sunday.",
+    "New York Yankees beat Boston Red Sox.",
+    "Barack Obama and Jane Smith met in Cupertino last May.",
+]
+
+
+def write_ner_corpus(path, splits=("train", "dev", "test"), copies: int = 2):
+    """``path/<split>.spacy`` for each split: TRAIN's docs with their entities, ``copies`` times."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    db = DocBin()
+    for text, ents in TRAIN * copies:
+        doc = nlp(text)
+        doc.ents = [doc.char_span(start, end, label=label) for start, end, label in ents]
+        db.add(doc)
+    for split in splits:
+        db.to_disk(path / f"{split}.spacy")
+    return path
+
+
 LISTENER = {
     "@architectures": "spacy-transformers.TransformerListener.v1",
     "grad_factor": 1.0,

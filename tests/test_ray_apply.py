@@ -17,17 +17,11 @@ from spacy.tokens import DocBin
 from spacy_unmasked.ray.apply import PipelineLoadError, ray_apply
 from spacy_unmasked.ray.shards import AnnotationInputError, plan_shards, shard_name
 
-from .helpers import make_nlp, train
+from .helpers import SAMPLE_TEXTS, make_nlp, train
 
 ray = pytest.importorskip("ray")
 
-TEXTS = [
-    "Jane Smith visited Berlin.",
-    "Apple Inc. hired Barack Obama in Paris.",
-    "Angela Merkel moved to Boston on Sunday.",
-    "New York Yankees beat Boston Red Sox.",
-    "Barack Obama and Jane Smith met in Cupertino last May.",
-]
+TEXTS = SAMPLE_TEXTS
 SHARD_SIZE = 4
 
 

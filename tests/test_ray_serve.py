@@ -26,18 +26,12 @@ import spacy
 from spacy_unmasked.errors import PipelineLoadError
 from spacy_unmasked.ray.serve import ServeOptions, serve_pipeline
 
-from .helpers import make_nlp, train
+from .helpers import SAMPLE_TEXTS, make_nlp, train
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-TEXTS = [
-    "Jane Smith visited Berlin.",
-    "Apple Inc. hired Barack Obama in Paris.",
-    "Angela Merkel moved to Boston on Sunday.",
-    "New York Yankees beat Boston Red Sox.",
-    "Barack Obama and Jane Smith met in Cupertino last May.",
-]
+TEXTS = SAMPLE_TEXTS
 MAX_BATCH, MAX_TEXTS, MAX_BYTES = 8, 20, 20_000
 MARKER = "[fail here]"
 CODE = f"""

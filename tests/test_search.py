@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import spacy
 import typer
-from spacy.tokens import DocBin
 
 from spacy_unmasked.ray import tune as tune_module
 
-from .helpers import TRAIN
+from .helpers import write_ner_corpus
 from .scripts import SCRIPTS, load_script
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -34,15 +33,7 @@ def search():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """train and dev from TRAIN; test.spacy is not a DocBin, so a search that read it would fail."""
-    path = tmp_path_factory.mktemp("corpus")
-    nlp = spacy.blank("en")
-    db = DocBin()
-    for text, ents in TRAIN * 2:
-        doc = nlp(text)
-        doc.ents = [doc.char_span(s, e, label=label) for s, e, label in ents]
-        db.add(doc)
-    for split in ("train", "dev"):
-        db.to_disk(path / f"{split}.spacy")
+    path = write_ner_corpus(tmp_path_factory.mktemp("corpus"), splits=("train", "dev"))
     (path / "test.spacy").write_bytes(b"the search must never read the test split")
     return path
 

@@ -3,11 +3,9 @@ import os
 from pathlib import Path
 
 import pytest
-import spacy
 import typer
-from spacy.tokens import DocBin
 
-from .helpers import TRAIN
+from .helpers import write_ner_corpus
 from .scripts import load_script
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -91,16 +89,7 @@ def test_finished_runs_are_skipped_so_a_sweep_resumes(sweep, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus")
-    nlp = spacy.blank("en")
-    db = DocBin()
-    for text, ents in TRAIN * 2:
-        doc = nlp(text)
-        doc.ents = [doc.char_span(s, e, label=label) for s, e, label in ents]
-        db.add(doc)
-    for split in ("train", "dev", "test"):
-        db.to_disk(path / f"{split}.spacy")
-    return path
+    return write_ner_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def adapter(training: Path):
