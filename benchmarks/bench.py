@@ -6,7 +6,8 @@ Plans, each case in a fresh subprocess so that its peak memory is its own:
   transformers forward pass, the cost of unmasking, training cost (LoRA vs full
   fine-tuning, gradient checkpointing) and the num_layers speed-up.
 * ``--plan precision``: the same LoRA pipeline (r=8 on q/k/v/o) with its base in
-  float32, bfloat16, NF4 (4-bit, double quantization, bf16 compute) and int8:
+  float32, bfloat16, NF4 (4-bit, double quantization, compute dtype "auto": bf16
+  where the CPU or GPU has it natively, else float32) and int8:
   inference of the pipeline loaded from disk (adapters merged or not), LoRA
   training s/update, peak RSS and the base's model memory. Cases run
   interleaved (A B C ... A B C ...) for ``--rounds`` rounds and each figure is

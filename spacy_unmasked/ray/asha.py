@@ -53,9 +53,7 @@ class JournaledASHA(ASHAScheduler):
             entry.update(step=step, score=score)
         elif event == "result":
             return  # ASHA ignores a report without both
-        path = Path(self.journal)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf8") as journal:
+        with Path(self.journal).open("a", encoding="utf8") as journal:  # start_journal made it
             journal.write(json.dumps(entry) + "\n")
 
     def __setstate__(self, state: dict) -> None:
