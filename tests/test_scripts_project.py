@@ -36,7 +36,8 @@ def script_calls() -> list[tuple[str, str, list[str]]]:
 def test_project_yml_script_arguments_parse():
     calls = script_calls()
     used = {stem for _, stem, _ in calls}
-    assert {"evaluate", "package", "baseline", "report", "sweep", "convert_gguf", "convert_wnut16"} <= used
+    assert {"evaluate", "package", "baseline", "report", "search_report", "sweep", "convert_gguf"} <= used
+    assert "convert_wnut16" in used
     for name, stem, args in calls:
         app = typer.Typer()
         app.command()(load_script(stem).main)
@@ -49,6 +50,11 @@ def test_project_yml_script_arguments_parse():
     assert "--seed" in evaluate_args["evaluate"]
     package_args = {name: args for name, stem, args in calls if stem == "package"}
     assert all("--metrics" in args for args in package_args.values())
+    (search_args,) = [args for name, stem, args in calls if stem == "search"]
+    options = ("--budget", "--grace", "--eval-frequency")
+    value = {option: int(search_args[search_args.index(option) + 1]) for option in options}
+    # ASHA compares trials at evaluations: the search refuses a budget or grace off the evaluation steps
+    assert value["--budget"] % value["--eval-frequency"] == 0 and value["--grace"] % value["--eval-frequency"] == 0
     seeds = {name: args[args.index("--seeds") + 1] for name, stem, args in calls if "--seeds" in args}
     assert seeds == {"sweep": "0,1,2", "baseline-cnn": "0,1,2", "baseline-encoder": "0,1,2"}
 
