@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,33 @@ def check_repeat(config: dict[str, Any], path: Path) -> None:
         )
 
 
-def default_grace(budget: int, reduction_factor: int, eval_frequency: int) -> int:
-    """Two halvings before the full budget: budget / rf^2, down to a multiple of the evaluation frequency."""
-    grace = budget // reduction_factor**2 // eval_frequency * eval_frequency
-    return max(grace, eval_frequency)
+def warmup_steps(base: Any, overrides: dict[str, Any]) -> int:
+    """The learning-rate warmup of the config, after the overrides (0 without a warmup schedule)."""
+    key = "training.optimizer.learn_rate.warmup_steps"
+    if key in overrides:
+        return int(overrides[key])
+    learn_rate = base["training"]["optimizer"].get("learn_rate")
+    return int(learn_rate.get("warmup_steps") or 0) if isinstance(learn_rate, dict) else 0
+
+
+def default_grace(budget: int, reduction_factor: int, eval_frequency: int, warmup: int = 0) -> int:
+    """Two halvings before the full budget: budget / rf^2, down to a multiple of the evaluation frequency,
+    but not before the first evaluation after the learning-rate warmup (nor after the budget)."""
+    grace = max(budget // reduction_factor**2 // eval_frequency * eval_frequency, eval_frequency)
+    if warmup:
+        grace = max(grace, (warmup // eval_frequency + 1) * eval_frequency)
+    return min(grace, budget)
+
+
+def warn_rung_in_warmup(grace: int, warmup: int) -> None:
+    """Warn when the first rung falls within the warmup, where dev scores say little about a candidate."""
+    if warmup and grace <= warmup:
+        warnings.warn(
+            f"The first rung (step {grace}) is within the learning-rate warmup ({warmup} steps): dev scores "
+            "there are mostly noise, so ASHA stops candidates almost at random. Set --grace above "
+            f"{warmup} (or leave it out: the default rung comes after the warmup).",
+            stacklevel=2,
+        )
 
 
 def check_schedule(budget: int, grace: int, reduction_factor: int, eval_frequency: int) -> None:
@@ -398,8 +422,10 @@ def search(
             f"give --budget, the steps per trial: {config} sets no step limit (training.max_steps = {budget})"
         )
     eval_frequency = eval_frequency or int(base["training"]["eval_frequency"])
-    grace = grace or default_grace(budget, reduction_factor, eval_frequency)
+    warmup = warmup_steps(base, overrides or {})
+    grace = grace or default_grace(budget, reduction_factor, eval_frequency, warmup)
     check_schedule(budget, grace, reduction_factor, eval_frequency)
+    warn_rung_in_warmup(grace, warmup)
     candidates = make_candidates(spec_list, repeats, lrs, seeds)
     fixed = {
         "paths.train": str((corpus / "train.spacy").resolve()),

@@ -55,6 +55,8 @@ def test_project_yml_script_arguments_parse():
     value = {option: int(search_args[search_args.index(option) + 1]) for option in options}
     # ASHA compares trials at evaluations: the search refuses a budget or grace off the evaluation steps
     assert value["--budget"] % value["--eval-frequency"] == 0 and value["--grace"] % value["--eval-frequency"] == 0
+    search_config = spacy.util.load_config(ROOT / "configs" / "ner.cfg", interpolate=False)
+    assert value["--grace"] > load_script("search").warmup_steps(search_config, {})  # no rung inside the warmup
     seeds = {name: args[args.index("--seeds") + 1] for name, stem, args in calls if "--seeds" in args}
     assert seeds == {"sweep": "0,1,2", "baseline-cnn": "0,1,2", "baseline-encoder": "0,1,2"}
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,6 +170,25 @@ def test_schedule_checks(search):
         search.check_schedule(32, 64, 2, 4)
     with pytest.raises(typer.BadParameter, match="--reduction-factor must be at least 2"):
         search.check_schedule(32, 16, 1, 4)
+
+
+def test_first_rung_comes_after_the_warmup(search):
+    """The default grace is the first evaluation after the learning-rate warmup (WNUT-16: a rung at the
+    end of a 30-step warmup stopped the study's best spec at F1 2.6); an explicit grace within it warns."""
+    assert search.default_grace(150, 3, 30, warmup=30) == 60
+    assert search.default_grace(150, 3, 30, warmup=0) == 30
+    assert search.default_grace(600, 2, 100, warmup=150) == 200
+    assert search.default_grace(60, 3, 30, warmup=90) == 60  # never past the budget
+    config = {"training": {"optimizer": {"learn_rate": {"@schedules": "warmup_linear.v1", "warmup_steps": 30}}}}
+    assert search.warmup_steps(config, {}) == 30
+    assert search.warmup_steps(config, {"training.optimizer.learn_rate.warmup_steps": 5}) == 5
+    assert search.warmup_steps({"training": {"optimizer": {"learn_rate": 0.001}}}, {}) == 0
+    with pytest.warns(UserWarning, match=r"first rung \(step 30\) is within the learning-rate warmup \(30 steps\)"):
+        search.warn_rung_in_warmup(30, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        search.warn_rung_in_warmup(60, 30)
+        search.warn_rung_in_warmup(4, 0)
 
 
 def test_trial_rows_and_table(search):
