@@ -173,8 +173,8 @@ def test_schedule_checks(search):
 
 
 def test_first_rung_comes_after_the_warmup(search):
-    """The default grace is the first evaluation after the learning-rate warmup (WNUT-16: a rung at the
-    end of a 30-step warmup stopped the study's best spec at F1 2.6); an explicit grace within it warns."""
+    """The default grace is the first evaluation after the learning-rate warmup (WNUT-16: at the end of a
+    30-step warmup the dev F1 of all specs was 0-7); an explicit grace within it warns."""
     assert search.default_grace(150, 3, 30, warmup=30) == 60
     assert search.default_grace(150, 3, 30, warmup=0) == 30
     assert search.default_grace(600, 2, 100, warmup=150) == 200
