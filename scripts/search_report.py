@@ -113,6 +113,7 @@ def compare(
             f"Within one seed SD of the study's best: **{'yes' if within else 'no'}**: the pick's test F1 is "
             f"{gap:+.1f} points from the best mean, and one SD is {100 * sd:.1f} ({sd_source})."
         )
+        lines.append("")
     if share is not None:
         verdict = "yes" if share <= MAX_SHARE else "no"
         lines.append(
