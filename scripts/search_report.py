@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from report import Summary, best_spec, describe, load_dir, main_scores, normalise_specs, number, plain_specs
+from report import Summary, best_spec, describe, is_plain, load_dir, main_scores, normalise_specs, number, plain_specs
 
 MAX_SHARE = 0.30  # the search must cost at most this share of the study's updates
 
@@ -47,10 +47,9 @@ def study_updates(runs: dict[str, dict[str, Any]]) -> tuple[int, int]:
     return sum(steps), max(steps, default=0)
 
 
-def plain_runs(runs: dict[str, dict[str, Any]], specs: dict[str, Summary]) -> dict[str, dict[str, Any]]:
-    """The metrics files of plain specs (``0011.seed0``), keyed by file stem."""
-    plain = set(plain_specs(specs))
-    return {stem: run for stem, run in runs.items() if str(run.get("spec") or stem.split(".")[0]) in plain}
+def plain_runs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The metrics files of plain specs (``0011.seed0``, ``none.seed1``), keyed by file stem."""
+    return {stem: run for stem, run in runs.items() if is_plain(str(run.get("spec") or stem.split(".")[0]))}
 
 
 def trial_lines(trials: list[dict[str, Any]]) -> list[str]:
@@ -80,7 +79,7 @@ def compare(
         sys.exit("search.json has no finished best trial: rerun scripts/search.py until a trial finishes.")
     trials = search.get("trials", [])
     search_steps = sum(int(row["steps"]) for row in trials if row.get("status") == "finished")
-    ran_steps, per_run = study_updates(plain_runs(runs, specs))
+    ran_steps, per_run = study_updates(plain_runs(runs))
     planned = (2**groups) * study_seeds * per_run
     one_seed = (2**groups) * per_run
     pick_f = main_scores(pick)

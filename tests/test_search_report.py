@@ -70,11 +70,14 @@ def test_pick_within_one_sd_and_share_of_the_planned_study(search_report, tmp_pa
 
 
 def test_pick_beyond_one_sd_or_over_budget_says_no(search_report, tmp_path):
-    study = write_dir(tmp_path / "study", study_runs(STUDY))
+    runs = study_runs(STUDY)
+    runs["none.seed3"] = {**metrics("none", 0.34, 0.34, 0.34, seed=3), "max_steps": STEPS}  # none = 0000: counted
+    study = write_dir(tmp_path / "study", runs)
     search = write_search(tmp_path / "search", 0.42, [trial(f"{i:04b}", 150, 0.3 + i / 100) for i in range(16)])
     out = tmp_path / "search.md"
     search_report.main(study, search, out, study_seeds=1)
     text = out.read_text(encoding="utf8")
+    assert "| 1,650 run (2,400 for 16 specs x 1 seeds) |" in text  # 11 plain runs; the +r1 variant is not
     assert "Within one seed SD of the study's best: **no**: the pick's test F1 is -3.0 points" in text
     assert "**no**: 2,400 updates are 100% of the 2,400 of 16 specs x 1 seeds" in text
     assert "The study's F1 for the picked spec `1111`" not in text  # 1111 is not in the study
