@@ -1,13 +1,19 @@
 """Train and evaluate a baseline config once per seed, skipping seeds that already
-have metrics (so it resumes). Writes ``METRICS_DIR/<run_name>.seed<k>.json``
-(evaluate.py's JSON with "seed"), which scripts/report.py averages over seeds."""
+have metrics (so it resumes). Writes ``METRICS_DIR/<run_name>.seed<k>.json``:
+evaluate.py's JSON plus "train_seconds" (wall), "train_cpu_seconds" (user + system CPU
+time of ``spacy train``), "max_steps" and then "seed", added last and atomically (a file
+with an int "seed" is a finished run). scripts/report.py averages it over seeds and counts
+its training time in the study's compute."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer
+from sweep import children_cpu_seconds
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -40,8 +46,18 @@ def commands(
     train += [f"--paths.train={corpus / 'train.spacy'}", f"--paths.dev={corpus / 'dev.spacy'}", f"--system.seed={seed}"]
     train += [f"--{key}={value}" for key, value in settings.items()]
     evaluate = [sys.executable, str(SCRIPTS / "evaluate.py"), str(output / "model-best"), str(corpus / "test.spacy")]
-    evaluate += [str(metrics), "--name", name, "--seed", str(seed)]
+    evaluate += [str(metrics), "--name", name]
     return [train, evaluate]
+
+
+def stamp(metrics: Path, *, seed: int, **extra: float | int) -> None:
+    """Add ``extra``, then "seed" to evaluate.py's JSON, atomically (this marks the seed finished)."""
+    content = json.loads(metrics.read_text(encoding="utf8"))
+    content.pop("seed", None)  # evaluate.py wrote null
+    content.update(extra, seed=seed)
+    temporary = metrics.with_name(f".{metrics.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(content, indent=2), encoding="utf8")
+    os.replace(temporary, metrics)
 
 
 def main(
@@ -73,8 +89,12 @@ def main(
         train, evaluate = commands(
             config, corpus, training_dir / stem, metrics, name=name or run_name, seed=seed, settings=settings
         )
+        begin, cpu_begin = time.time(), children_cpu_seconds()
         subprocess.run([*train, "--gpu-id", str(gpu_id)], check=True)
+        seconds, cpu_seconds = time.time() - begin, children_cpu_seconds() - cpu_begin
         subprocess.run(evaluate, check=True)
+        times = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1)}
+        stamp(metrics, seed=seed, **times, max_steps=max_steps)
 
 
 if __name__ == "__main__":

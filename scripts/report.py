@@ -288,14 +288,15 @@ def cost_text(summary: Summary) -> str:
     return text if stat.n == summary.f.n else f"{text} ({stat.n} of {summary.f.n} seeds)"
 
 
-def compute_line(specs: dict[str, Summary]) -> str:
-    """The total training compute of all runs: the summed train_seconds, in hours."""
-    timed = sum(s.timed for s in specs.values())
-    untimed = sum(s.f.n for s in specs.values()) - timed
+def compute_line(specs: dict[str, Summary], baselines: dict[str, Summary] | None = None) -> str:
+    """The total training compute of all runs, the baselines' included: the summed train_seconds, in hours."""
+    rows = [*specs.values(), *(baselines or {}).values()]
+    timed = sum(s.timed for s in rows)
+    untimed = sum(s.f.n for s in rows) - timed
     counted = f"(runs without a recorded time not counted: {untimed})"
     if not timed:
         return f"Compute: no training time recorded {counted}."
-    hours = sum(s.train_seconds for s in specs.values()) / 3600
+    hours = sum(s.train_seconds for s in rows) / 3600
     runs = "1 run" if timed == 1 else f"{timed} runs"
     return (
         f"Compute: {hours:.2f} CPU-hours of training, the summed CPU time (else wall time) of `spacy train` "
@@ -406,14 +407,18 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
     if baselines is not None:
         lines += ["", "## Baselines", ""]
         if baselines:
-            lines += ["| Name | F1 | P | R | Seeds | Δ F1 vs causal |", "|---|---:|---:|---:|---:|---:|"]
+            lines += [
+                "| Name | F1 | P | R | Seeds | Train s/update | Words/s | Δ F1 vs causal |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
             for b in baselines.values():
-                cells = [b.name, b.f.text(), b.p.text(), b.r.text(), seeds_text(b), delta_text(b.f, causal)]
+                cells = [b.name, b.f.text(), b.p.text(), b.r.text(), seeds_text(b), cost_text(b)]
+                cells += [f"{b.wps.mean:,.0f}", delta_text(b.f, causal)]
                 lines.append("| " + " | ".join(cells) + " |")
         else:
             lines.append("No baseline metrics found.")
     lines += ["", SPREAD_RULE + "."]
-    for line in [*summary_lines(specs), compute_line(specs)]:
+    for line in [*summary_lines(specs), compute_line(specs, baselines)]:
         lines += ["", line]
     return "\n".join([*lines, ""])
 
@@ -520,7 +525,7 @@ def main(
     n_variants = len(variant_specs(specs))
     of_which = f", {n_variants} of them variants" if n_variants else ""
     print(f"{len(specs)} configurations ({n_runs} runs){of_which} from {metrics_dir} -> {outputs}")
-    for line in [*summary_lines(specs), compute_line(specs)]:
+    for line in [*summary_lines(specs), compute_line(specs, baseline_runs)]:
         print(line.replace("`", ""))
 
 

@@ -58,7 +58,10 @@ def sweep_runs() -> dict[str, dict]:
 
 
 BASELINES = {
-    **{f"cnn.seed{k}": metrics("spaCy CNN tok2vec", f, f, f, seed=k) for k, f in enumerate([0.40, 0.44, 0.42])},
+    **{
+        f"cnn.seed{k}": metrics("spaCy CNN tok2vec", f, f, f, seed=k, wps=1200.0)
+        for k, f in enumerate([0.40, 0.44, 0.42])
+    },
     "encoder": old_metrics("all-MiniLM-L6-v2 encoder", 0.57767, 0.60681, 0.55123),
 }
 
@@ -106,9 +109,10 @@ def test_report_shows_mean_and_sd_over_seeds_and_marks_differences_beyond_the_sp
 
     assert row(text, "spaCy CNN tok2vec") == [
         "spaCy CNN tok2vec", mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]),
-        "3 (0, 1, 2)", "-8.0†",
+        "3 (0, 1, 2)", "n/a", "1,200", "-8.0†",
     ]  # fmt: skip
-    assert row(text, "all-MiniLM-L6-v2 encoder") == ["all-MiniLM-L6-v2 encoder", "57.8", "60.7", "55.1", "1", "+7.8"]
+    encoder = ["all-MiniLM-L6-v2 encoder", "57.8", "60.7", "55.1", "1", "n/a", "850", "+7.8"]
+    assert row(text, "all-MiniLM-L6-v2 encoder") == encoder
     summary = (
         f"Best configuration: `0011` (groups 3-4), F1 {mean_sd(F1['0011'])} over 3 seeds, {d0011:+.1f} points vs. "
         f"the fully causal `0000` ({mean_sd(F1['0000'])}); the difference exceeds the seed spread."
@@ -372,6 +376,19 @@ def test_compute_line_sums_train_seconds_of_all_runs(report, tmp_path, capsys):
     assert line in text.splitlines()
     assert row(text, "0000")[6] == "9 (wall) (1 of 2 seeds)" and row(text, "0011+r1")[6] == "3 (wall)"
     assert line.replace("`", "") in capsys.readouterr().out
+
+    # baselines.py records its training time too: the baseline's row shows its cost, the line counts it
+    baselines = {f"cnn.seed{k}": metrics("CNN", 0.4, 0.4, 0.4, seed=k) for k in (0, 1)}
+    baselines["cnn.seed0"] |= {"train_seconds": 900.0, "train_cpu_seconds": 720.0, "max_steps": 1500}
+    out = tmp_path / "with-baselines"
+    report.main(tmp_path / "metrics", out, baselines=write_dir(tmp_path / "b", baselines))
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "CNN")[5:7] == ["0.48 (1 of 2 seeds)", "850"]
+    line = (
+        "Compute: 2.20 CPU-hours of training, the summed CPU time (else wall time) of `spacy train` over 3 runs "
+        "(runs without a recorded time not counted: 3)."
+    )
+    assert line in text.splitlines()
 
     specs = report.normalise_specs(sweep_runs())  # no recorded times at all
     assert (

@@ -96,6 +96,8 @@ def test_baseline_runs_once_per_seed_and_resumes(corpus, tmp_path):
     for seed in (3, 5):
         metrics = json.loads((tmp_path / "metrics" / f"cnn.seed{seed}.json").read_text())
         assert (metrics["name"], metrics["seed"], metrics["docs"], metrics["main"]) == ("CNN", seed, len(TRAIN), "ents")
+        assert metrics["max_steps"] == 4 and metrics["train_seconds"] > 0 and metrics["train_cpu_seconds"] > 0
+        assert list(metrics)[-1] == "seed"  # stamped last: a file without it is an unfinished seed
         assert metrics["model"] == str(tmp_path / "training" / f"cnn.seed{seed}" / "model-best")
         config = (tmp_path / "training" / f"cnn.seed{seed}" / "model-best" / "config.cfg").read_text()
         assert f"seed = {seed}\n" in config and "max_steps = 4\n" in config
