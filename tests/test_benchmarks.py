@@ -1,6 +1,7 @@
 """The benchmark scripts run (on a tiny model; figures come from real runs, not tests)."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,44 @@ def test_serve_benchmark_pipe_only_measures_one_text_per_call_and_batches(tmp_pa
     assert [(row["threads"], row["batch_size"]) for row in rows] == expected
     assert all(row["texts_per_second"] > 0 for row in rows)
     assert "thread(s), batch 4:" in result.stdout
+
+
+def test_pipelines_benchmark_measures_each_saved_pipeline_per_round(tmp_path):
+    """bench_pipelines.py: every pipeline in its own process, once per round, over every doc of the corpus
+    (one round: each case starts an interpreter with spaCy and torch)."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    texts = ["Paris is nice", "I met Ada Lovelace in London today", "ok"]
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp(text) for text in texts]).to_disk(tmp_path / "test.spacy")
+    nlp.to_disk(tmp_path / "blank")
+    nlp.add_pipe("sentencizer")
+    nlp.to_disk(tmp_path / "sentences")
+    output = tmp_path / "speed.json"
+    command = [sys.executable, str(BENCHMARKS / "bench_pipelines.py"), str(tmp_path / "test.spacy"), "--rounds", "1"]
+    command += ["--pipeline", f"blank={tmp_path / 'blank'}", "--pipeline", f"sentences={tmp_path / 'sentences'}"]
+    result = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert list(results["rows"]) == ["blank", "sentences"] and results["threads"] == 1
+    for name, row in results["rows"].items():
+        assert (row["docs"], row["words"]) == (3, sum(len(nlp.make_doc(text)) for text in texts)), name
+        assert len(row["rounds"]) == 1 and row["words_per_second"] == statistics.median(row["rounds"]) > 0
+        assert row["load_seconds"] > 0 and row["pipeline"] == str(tmp_path / name)
+    assert len(results["load_average"]) == 2 and "AVX512-BF16" in results["machine"]
+    measured = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("round")]
+    assert measured == ["blank", "sentences"]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [("blank", "--pipeline takes NAME=PATH"), ("x=missing", "is not a saved pipeline (no config.cfg)")],
+)
+def test_pipelines_benchmark_names_bad_arguments(tmp_path, pipeline, message):
+    (tmp_path / "test.spacy").write_bytes(b"")
+    command = [sys.executable, str(BENCHMARKS / "bench_pipelines.py"), str(tmp_path / "test.spacy")]
+    result = subprocess.run([*command, "--pipeline", pipeline], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "no --pipeline given" in result.stderr
