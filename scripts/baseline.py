@@ -6,14 +6,13 @@ with an int "seed" is a finished run). scripts/report.py averages it over seeds 
 its training time in the study's compute."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import typer
-from sweep import children_cpu_seconds
+from sweep import children_cpu_seconds, stamp
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -50,16 +49,6 @@ def commands(
     return [train, evaluate]
 
 
-def stamp(metrics: Path, *, seed: int, **extra: float | int) -> None:
-    """Add ``extra``, then "seed" to evaluate.py's JSON, atomically (this marks the seed finished)."""
-    content = json.loads(metrics.read_text(encoding="utf8"))
-    content.pop("seed", None)  # evaluate.py wrote null
-    content.update(extra, seed=seed)
-    temporary = metrics.with_name(f".{metrics.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(content, indent=2), encoding="utf8")
-    os.replace(temporary, metrics)
-
-
 def main(
     config: Path,
     corpus: Path,
@@ -94,7 +83,7 @@ def main(
         seconds, cpu_seconds = time.time() - begin, children_cpu_seconds() - cpu_begin
         subprocess.run(evaluate, check=True)
         times = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1)}
-        stamp(metrics, seed=seed, **times, max_steps=max_steps)
+        stamp(metrics, **times, max_steps=max_steps, seed=seed)  # seed last: it marks the seed finished
 
 
 if __name__ == "__main__":

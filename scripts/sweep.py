@@ -199,7 +199,7 @@ def train_and_evaluate(spec: str, seed: int, settings: Settings, *, log: Path | 
         "train_cpu_seconds": round(cpu_seconds["train"], 1),
         "max_steps": settings.max_steps,
     }
-    stamp(metrics, spec=spec, seed=seed, **extra)
+    stamp(metrics, **extra, spec=spec, seed=seed)
     return Finished(spec, seed, str(metrics), started, time.time(), os.getpid())
 
 
@@ -209,11 +209,13 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stamp(metrics: Path, *, spec: str, seed: int, **extra: Any) -> None:
-    """Add ``extra``, then "spec" and "seed" to evaluate.py's JSON, atomically (this marks the run finished)."""
+def stamp(metrics: Path, **fields: Any) -> None:
+    """Write FIELDS into evaluate.py's JSON at METRICS, last and in their order (replacing keys it
+    already has), atomically: the marker fields of a finished run ("spec", "seed") go last."""
     content: dict[str, Any] = json.loads(metrics.read_text(encoding="utf8"))
-    content.update(extra)
-    content.update(spec=spec, seed=seed)
+    for key in fields:
+        content.pop(key, None)
+    content.update(fields)
     temporary = metrics.with_name(f".{metrics.name}.tmp{os.getpid()}")
     temporary.write_text(json.dumps(content, indent=2), encoding="utf8")
     os.replace(temporary, metrics)
