@@ -92,33 +92,42 @@ def test_report_shows_mean_and_sd_over_seeds_and_marks_differences_beyond_the_sp
 
     spec_rows = [ln for ln in text.splitlines() if re.match(r"\| (\*\*)?[01]+\b", ln)]
     assert [re.search(r"[01]+", ln).group() for ln in spec_rows] == ["0000", "0001", "0011", "1111"]
+    d0011 = 100 * (statistics.fmean(F1["0011"]) - statistics.fmean(F1["0000"]))
     assert row(text, "0000") == [
         "0000", "none (causal)", mean_sd(F1["0000"]), mean_sd(P["0000"]), mean_sd(R["0000"]), "3 (0, 1, 2)",
-        "n/a", "910", "—",
+        "n/a", "910", "—", f"{-d0011:+.1f}†",
     ]  # fmt: skip
-    # 0001: +2.0 points, within SD(0001) + SD(0000) = 4.6 + 2.0: no mark
+    # 0001: +2.0 points, within SD(0001) + SD(0000) = 4.6 + 2.0: no mark; -5.2 vs the best 0011, within
+    # SD(0001) + SD(0011) = 4.6 + 1.3: no mark either
     d0001 = 100 * (statistics.fmean(F1["0001"]) - statistics.fmean(F1["0000"]))
-    assert row(text, "0001")[2] == mean_sd(F1["0001"]) and row(text, "0001")[-1] == f"{d0001:+.1f}"
+    b0001 = 100 * (statistics.fmean(F1["0001"]) - statistics.fmean(F1["0011"]))
+    assert f"{b0001:+.1f}" == "-5.2"
+    assert row(text, "0001")[2] == mean_sd(F1["0001"]) and row(text, "0001")[-2:] == [f"{d0001:+.1f}", f"{b0001:+.1f}"]
     # 0011: +7.2 points > SD(0011) + SD(0000) = 1.3 + 2.0: marked, and the best (bold)
-    d0011 = 100 * (statistics.fmean(F1["0011"]) - statistics.fmean(F1["0000"]))
     assert row(text, "0011")[0] == "**0011** (best)"
-    assert row(text, "0011")[2] == f"**{mean_sd(F1['0011'])}**" and row(text, "0011")[-1] == f"**{d0011:+.1f}†**"
+    assert row(text, "0011")[2] == f"**{mean_sd(F1['0011'])}**"
+    assert row(text, "0011")[-2:] == [f"**{d0011:+.1f}†**", "**—**"]
     assert text.count("(best)") == 1
     # the old single file: one value, no SD, one seed, and no mark (no spread to compare)
-    assert row(text, "1111") == ["1111", "groups 1-4", "52.3", "56.0", "49.1", "1", "n/a", "850", "+2.3"]
+    b1111 = 100 * (0.52333 - statistics.fmean(F1["0011"]))
+    one_seed = ["1111", "groups 1-4", "52.3", "56.0", "49.1", "1", "n/a", "850", "+2.3", f"{b1111:+.1f}"]
+    assert row(text, "1111") == one_seed
 
+    cnn = [0.40, 0.44, 0.42]
+    bcnn = 100 * (statistics.fmean(cnn) - statistics.fmean(F1["0011"]))
     assert row(text, "spaCy CNN tok2vec") == [
-        "spaCy CNN tok2vec", mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]), mean_sd([0.40, 0.44, 0.42]),
-        "3 (0, 1, 2)", "n/a", "1,200", "-8.0†",
+        "spaCy CNN tok2vec", mean_sd(cnn), mean_sd(cnn), mean_sd(cnn), "3 (0, 1, 2)", "n/a", "1,200", "-8.0†",
+        f"{bcnn:+.1f}†",
     ]  # fmt: skip
-    encoder = ["all-MiniLM-L6-v2 encoder", "57.8", "60.7", "55.1", "1", "n/a", "850", "+7.8"]
+    bencoder = 100 * (0.57767 - statistics.fmean(F1["0011"]))
+    encoder = ["all-MiniLM-L6-v2 encoder", "57.8", "60.7", "55.1", "1", "n/a", "850", "+7.8", f"{bencoder:+.1f}"]
     assert row(text, "all-MiniLM-L6-v2 encoder") == encoder
     summary = (
         f"Best configuration: `0011` (groups 3-4), F1 {mean_sd(F1['0011'])} over 3 seeds, {d0011:+.1f} points vs. "
         f"the fully causal `0000` ({mean_sd(F1['0000'])}); the difference exceeds the seed spread."
     )
     assert summary in text.splitlines()
-    assert "|Δ| > SD(spec) + SD(causal)" in text
+    assert "|Δ| > SD(spec) + SD(causal), and in the last column |Δ| > SD(spec) + SD(best row)" in text
 
     stdout = capsys.readouterr().out
     assert "4 configurations (10 runs)" in stdout and "exceeds the seed spread" in stdout
@@ -152,8 +161,8 @@ def test_single_seed_files_report_without_spread(report, tmp_path):
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "1", "n/a", "910", "—"]
-    assert row(text, "0011")[-1] == "**+7.1**"  # no mark without a spread
+    assert row(text, "0000") == ["0000", "none (causal)", "48.7", "52.1", "45.6", "1", "n/a", "910", "—", "-7.1"]
+    assert row(text, "0011")[-2:] == ["**+7.1**", "**—**"]  # no mark without a spread
     assert "one seed only, so no seed spread to compare with" in text
     assert "## Baselines" not in text
 
@@ -166,7 +175,7 @@ def test_report_without_causal_run(report, tmp_path):
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "1111")[0] == "**1111** (best)" and row(text, "1111")[-1] == "**n/a**"
+    assert row(text, "1111")[0] == "**1111** (best)" and row(text, "1111")[-2:] == ["**n/a**", "**—**"]
     assert "no fully causal run (`0000`)" in text
     assert (out / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -258,18 +267,24 @@ def test_variant_rows_follow_the_plain_specs_with_description_cost_delta_and_mar
     assert row(text, "0000+r1") == [
         "0000+r1", "none (causal), input repeated 1x", mean_sd(VARIANT_F1["0000+r1"]),
         mean_sd(VARIANT_F1["0000+r1"]), mean_sd(VARIANT_F1["0000+r1"]), "3 (0, 1, 2)", "0.55", "400", f"{d:+.1f}†",
+        "-4.0†",  # vs the best row 0011+r1@15: -4.0 > SD 1.0 + SD 2.0
     ]  # fmt: skip
     d = delta("none+r2", F1["0000"])  # one seed: no mark
     assert row(text, "0000+r2") == [
-        "0000+r2", "none (causal), input repeated 2x", "49.0", "49.0", "49.0", "1 (0)", "n/a", "400", f"{d:+.1f}"
+        "0000+r2", "none (causal), input repeated 2x", "49.0", "49.0", "49.0", "1 (0)", "n/a", "400", f"{d:+.1f}",
+        "-11.0",  # one seed: no mark against the best row either
     ]  # fmt: skip
     d = delta("0011@15", F1["0000"])  # +1.0 < SD 1.4 + SD 2.0: no mark
     assert row(text, "0011@15")[1] == "groups 3-4, first 15 blocks"
-    assert row(text, "0011@15")[6:] == ["0.2 (1 of 2 seeds)", "400", f"{d:+.1f}"]
+    b = delta("0011@15", VARIANT_F1["0011+r1@15"])  # -9.0 vs the best row > SD 1.4 + SD 2.0: marked
+    assert row(text, "0011@15")[6:] == ["0.2 (1 of 2 seeds)", "400", f"{d:+.1f}", f"{b:+.1f}†"]
+    # 0011 vs the best row: -2.8 < SD 1.3 + SD 2.0, so not told apart from it (no mark)
+    b = 100 * (statistics.fmean(F1["0011"]) - statistics.fmean(VARIANT_F1["0011+r1@15"]))
+    assert f"{b:+.1f}" == "-2.8" and row(text, "0011")[-1] == "-2.8"
     d = delta("0011+r1@15", F1["0000"])  # +10.0 > 2.0 + 2.0: marked; the best row overall, in bold
     best = row(text, "0011+r1@15")
     assert best[0] == "**0011+r1@15** (best)" and best[1] == "**groups 3-4, input repeated 1x, first 15 blocks**"
-    assert best[6:] == ["**1.2**", "**400**", f"**{d:+.1f}†**"]
+    assert best[6:] == ["**1.2**", "**400**", f"**{d:+.1f}†**", "**—**"]
     assert text.count("(best)") == 1
     assert row(text, "0011")[0] == "0011 (best plain spec)"  # no longer bold
 
@@ -304,8 +319,8 @@ def test_variant_beyond_the_spread_of_the_best_plain_spec(report, tmp_path):
     out = tmp_path / "report"
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "0000+r1")[0] == "**0000+r1** (best)" and row(text, "0000+r1")[-1] == "**+10.0†**"
-    assert row(text, "0000")[0] == "0000 (best plain spec)" and row(text, "0000")[-1] == "—"
+    assert row(text, "0000+r1")[0] == "**0000+r1** (best)" and row(text, "0000+r1")[-2:] == ["**+10.0†**", "**—**"]
+    assert row(text, "0000")[0] == "0000 (best plain spec)" and row(text, "0000")[-2:] == ["—", "-10.0†"]
     assert "points vs. the best plain spec `0000` (50.5 ± 0.7); the difference exceeds the seed spread." in text
 
 
@@ -330,7 +345,7 @@ def test_only_variant_labels_report_without_heatmap(report, tmp_path):
     (out / "heatmap.png").write_bytes(b"stale")
     report.main(write_dir(tmp_path / "metrics", runs), out)
     text = (out / "report.md").read_text(encoding="utf8")
-    assert row(text, "0011+r1")[0] == "**0011+r1** (best)" and row(text, "0011+r1")[-1] == "**n/a**"
+    assert row(text, "0011+r1")[0] == "**0011+r1** (best)" and row(text, "0011+r1")[-2:] == ["**n/a**", "**—**"]
     assert "No plain unmask spec" in text and not (out / "heatmap.png").exists()
 
 
