@@ -5,6 +5,7 @@ span's pieces r + 1 times in a row; tokens align to the pieces of the last
 copy, which have seen the whole span once already, even through causal layers.
 """
 
+import logging
 from dataclasses import dataclass
 
 import numpy
@@ -15,6 +16,7 @@ from thinc.types import Ragged
 from .alignment import align_span, build_alignment
 
 Row = tuple[Span, list[int], numpy.ndarray]
+logger = logging.getLogger("spacy_unmasked")
 
 
 @dataclass
@@ -104,8 +106,8 @@ def _fit(tokenizer, spans: list[Span], budget: int) -> list[list[Row]]:
     """Encode all spans in one tokenizer call; for each span, its rows: the span
     itself, or its halves (by tokens, recursively) when it has more than
     ``budget`` pieces. A single token longer than the budget keeps its first
-    ``budget`` pieces; a span with no pieces at all gets one filler piece so
-    that no row is all padding."""
+    ``budget`` pieces, with a warning; a span with no pieces at all gets one
+    filler piece so that no row is all padding."""
     if not spans:
         return []
     texts = [span.text for span in spans]
@@ -128,5 +130,14 @@ def _fit(tokenizer, spans: list[Span], budget: int) -> list[list[Row]]:
             halves = [span.doc[span.start : middle], span.doc[middle : span.end]]
             fitted.append([row for half in _fit(tokenizer, halves, budget) for row in half])
         else:
+            logger.warning(
+                "The token %r has %d pieces, more than the %d that fit one copy of a row (max_length, less BOS, "
+                "divided by repeat + 1): its features come from its first %d pieces only. Raise max_length or "
+                "lower repeat to keep all of them.",
+                span.text[:40] + ("..." if len(span.text) > 40 else ""),
+                len(ids),
+                budget,
+                budget,
+            )
             fitted.append([(span, ids[:budget], numpy.asarray(offsets[:budget], dtype="i").reshape(-1, 2))])
     return fitted

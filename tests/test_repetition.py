@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from spacy_unmasked.errors import PipelineFormatError
 
-from .helpers import TRAIN, lora, make_nlp, train
+from .helpers import TRAIN, examples, lora, make_nlp, train
 
 V2 = "spacy-unmasked.UnmaskedTransformer.v2"
 TEXTS = [text for text, _ in TRAIN]
@@ -46,6 +46,46 @@ def test_causal_features_equal_a_plain_forward_over_the_repeated_pieces(tiny_lla
         assert aligned.min() >= 1 + repeat * n and aligned.max() < 1 + (repeat + 1) * n
         # the copies differ: the last one has seen the whole span
         assert not numpy.allclose(got[1 : 1 + n], got[1 + repeat * n :], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma2", "phi3"])
+def test_repeat_with_num_layers_on_other_families_equals_the_stock_truncated_model(family, tiny_dirs):
+    """repeat 1 and num_layers 2 of 4, causal: the features are a stock forward of the first two blocks
+    over the row, whose pieces are BOS (where the family has one) and then two equal copies."""
+    base = tiny_dirs(family)
+    nlp = repeating_nlp(base, 1, unmask="none", num_layers=2, components=())
+    nlp.initialize()
+    model = AutoModel.from_pretrained(str(base), torch_dtype=torch.float32).eval()
+    model.layers = model.layers[:2]
+    for text in TEXTS:
+        data = nlp(text)._.trf_data
+        ids = data.wordpieces.input_ids[0, : data.wordpieces.lengths[0]]
+        n = len(AutoTokenizer.from_pretrained(str(base))(text, add_special_tokens=False)["input_ids"])
+        assert len(ids) - 2 * n in (0, 1) and (ids[-n:] == ids[-2 * n : -n]).all()
+        with torch.no_grad():
+            expected = model(torch.from_numpy(ids[None]), use_cache=False).last_hidden_state[0].numpy()
+        numpy.testing.assert_allclose(features(nlp(text))[0], expected, rtol=1e-4, atol=1e-5)
+        assert data.align.dataXd.min() >= len(ids) - n
+
+
+def test_repeat_with_qlora_trains_saves_and_reloads_bit_for_bit(tiny_dirs, tmp_path):
+    """4-bit NF4 base, LoRA, repeat 1, unmask 01 on the first 3 blocks: trains, and the saved
+    pipeline (quantized base kept) gives the same features and entities."""
+    pytest.importorskip("bitsandbytes")
+    nf4 = {"@misc": "spacy-unmasked.BitsAndBytes.v1", "bits": 4, "quant_type": "nf4", "double_quant": True}
+    nlp = repeating_nlp(
+        tiny_dirs("qwen2"), 1, unmask="01", num_layers=3, lora=lora(r=8), quantization=nf4, torch_dtype="bfloat16"
+    )
+    optimizer = nlp.initialize(lambda: examples(nlp))
+    losses = train(nlp, steps=10, optimizer=optimizer, lr=3e-3)
+    assert losses[-1]["ner"] < losses[0]["ner"]
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p", config={"components": {"transformer": {"dequantize": False}}})
+    assert (loaded.meta["unmasked"]["repeat"], loaded.meta["unmasked"]["num_layers"]) == (1, 3)
+    for text in TEXTS:
+        a, b = nlp(text), loaded(text)
+        numpy.testing.assert_array_equal(features(a), features(b))
+        assert [(e.text, e.label_) for e in a.ents] == [(e.text, e.label_) for e in b.ents]
 
 
 @pytest.mark.parametrize("unmask", ["none", "0011"])
