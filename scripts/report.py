@@ -113,7 +113,7 @@ class Summary:
     per_update: Stat | None = None
     train_seconds: float = 0.0
     timed: int = 0
-    wall_timed: bool = False  # some runs recorded only wall time
+    wall_timed: bool = False  # per_update is wall time: no seed recorded CPU time
 
 
 def number(value: Any) -> float | None:
@@ -176,7 +176,10 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
     scores = [main_scores(run) for run in runs]
     times = [train_cost(run) for run in runs]
     steps = [number(run.get("max_steps")) for run in runs]
-    per_update = [t / n for t, n in zip(times, steps, strict=True) if t is not None and n is not None and n > 0]
+    cpu = [number(run.get("train_cpu_seconds")) for run in runs]
+    # the cost per update never mixes CPU and wall time: CPU time where any seed recorded it
+    costs = cpu if any(t is not None for t in cpu) else times
+    per_update = [t / n for t, n in zip(costs, steps, strict=True) if t is not None and n is not None and n > 0]
     timed = [t for t in times if t is not None]
     return Summary(
         name=name,
@@ -188,9 +191,7 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
         per_update=Stat.of(per_update) if per_update else None,
         train_seconds=sum(timed),
         timed=len(timed),
-        wall_timed=any(
-            number(run.get("train_cpu_seconds")) is None and t is not None for run, t in zip(runs, times, strict=True)
-        ),
+        wall_timed=costs is times and bool(per_update),
     )
 
 
@@ -381,7 +382,8 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
         "Scores are mean ± sample standard deviation over seeds (one value: one seed), in %. "
         "Train s/update = CPU time (user + system) of `spacy train` / max_steps, mean over seeds; "
         "(wall) = runs that recorded only wall time, which a busy machine inflates; "
-        "Words/s = inference speed on the test split.",
+        "Words/s = inference speed on the test split, measured by `evaluate.py` after each run, so a run that "
+        "shared the CPU with others reads lower (`benchmarks/bench_pipelines.py` measures pipelines side by side).",
     ]
     if variants:
         lines += [

@@ -435,3 +435,22 @@ def test_cpu_time_of_training_counts_before_wall_time(report, tmp_path):
     text = (out / "report.md").read_text(encoding="utf8")
     assert row(text, "0000")[6] == "2" and row(text, "0011")[6].strip("*") == "3 (wall)"
     assert "Compute: 1.17 CPU-hours of training" in text
+
+
+def test_cost_per_update_never_averages_cpu_with_wall_time(report, tmp_path):
+    """A row whose first seed recorded only wall time (on a busy machine) takes its cost from the seeds
+    with CPU time, and says how many; the compute line still counts every run."""
+    runs = {
+        "0000+r1.seed0": metrics("0000+r1", 0.4, 0.4, 0.4, seed=0) | {"train_seconds": 2400.0, "max_steps": 150},
+        "0000+r1.seed1": metrics("0000+r1", 0.5, 0.5, 0.5, seed=1)
+        | {"train_seconds": 1000.0, "train_cpu_seconds": 900.0, "max_steps": 150},
+        "0000+r1.seed2": metrics("0000+r1", 0.5, 0.5, 0.5, seed=2)
+        | {"train_seconds": 950.0, "train_cpu_seconds": 870.0, "max_steps": 150},
+    }
+    for run in runs.values():
+        run["spec"] = "0000+r1"
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out)
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert row(text, "0000+r1")[6].strip("*") == "5.9 (2 of 3 seeds)"  # (900 + 870) / 2 / 150, no wall time
+    assert f"Compute: {(2400 + 900 + 870) / 3600:.2f} CPU-hours" in text
