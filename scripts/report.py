@@ -114,6 +114,7 @@ class Summary:
     train_seconds: float = 0.0
     timed: int = 0
     wall_timed: bool = False  # per_update is wall time: no seed recorded CPU time
+    updates: int | None = None  # the training budget (max_steps) its runs recorded, when they agree
 
 
 def number(value: Any) -> float | None:
@@ -162,6 +163,12 @@ def train_cost(run: dict[str, Any]) -> float | None:
     return cpu if cpu is not None else number(run.get("train_seconds"))
 
 
+def budget(steps: list[float | None]) -> int | None:
+    """The max_steps that the runs recorded, when those that recorded one agree (else None)."""
+    recorded = {int(n) for n in steps if n is not None and n > 0}
+    return recorded.pop() if len(recorded) == 1 else None
+
+
 def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
     """Mean ± SD of the main scores over RUNS (one per seed)."""
     seeds = [run.get("seed") for run in runs]
@@ -192,6 +199,7 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
         train_seconds=sum(timed),
         timed=len(timed),
         wall_timed=costs is times and bool(per_update),
+        updates=budget(steps),
     )
 
 
@@ -381,10 +389,15 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
         "Spec bits run from the group nearest the input (left) to the output (right); 1 = bidirectional. "
         "Scores are mean ± sample standard deviation over seeds (one value: one seed), in %. "
         "Train s/update = CPU time (user + system) of `spacy train` / max_steps, mean over seeds; "
-        "(wall) = runs that recorded only wall time, which a busy machine inflates; "
+        "(wall) = no seed recorded CPU time, so wall time, which a busy machine inflates; "
         "Words/s = inference speed on the test split, measured by `evaluate.py` after each run, so a run that "
         "shared the CPU with others reads lower (`benchmarks/bench_pipelines.py` measures pipelines side by side).",
     ]
+    budgets = {s.updates for s in specs.values()}
+    if len(budgets) == 1 and None not in budgets:
+        lines[-1] += (
+            f" Every spec run trained {budgets.pop():,} updates; a baseline row names its own budget where recorded."
+        )
     if variants:
         lines += [
             "",
@@ -416,7 +429,8 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for b in baselines.values():
-                cells = [b.name, b.f.text(), b.p.text(), b.r.text(), seeds_text(b), cost_text(b)]
+                name = f"{b.name} ({b.updates:,} updates)" if b.updates else b.name
+                cells = [name, b.f.text(), b.p.text(), b.r.text(), seeds_text(b), cost_text(b)]
                 cells += [f"{b.wps.mean:,.0f}", delta_text(b.f, causal), delta_text(b.f, specs[best])]
                 lines.append("| " + " | ".join(cells) + " |")
         else:

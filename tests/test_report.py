@@ -454,3 +454,25 @@ def test_cost_per_update_never_averages_cpu_with_wall_time(report, tmp_path):
     text = (out / "report.md").read_text(encoding="utf8")
     assert row(text, "0000+r1")[6].strip("*") == "5.9 (2 of 3 seeds)"  # (900 + 870) / 2 / 150, no wall time
     assert f"Compute: {(2400 + 900 + 870) / 3600:.2f} CPU-hours" in text
+
+
+def test_budgets_are_stated_for_the_spec_runs_and_each_baseline(report, tmp_path):
+    """One sentence gives the spec runs' common max_steps; a baseline row names its own where its
+    runs recorded one (and agree); runs that disagree get no budget."""
+    runs = {stem: run | {"max_steps": 150} for stem, run in sweep_runs().items() if stem != "all"}
+    baselines = {
+        "cnn.seed0": metrics("spaCy CNN tok2vec", 0.4, 0.4, 0.4, seed=0) | {"max_steps": 1500},
+        "cnn.seed1": metrics("spaCy CNN tok2vec", 0.4, 0.4, 0.4, seed=1),  # recorded none
+        "encoder.seed0": metrics("encoder", 0.5, 0.5, 0.5, seed=0) | {"max_steps": 600},
+        "encoder.seed1": metrics("encoder", 0.5, 0.5, 0.5, seed=1) | {"max_steps": 300},
+    }
+    out = tmp_path / "report"
+    report.main(write_dir(tmp_path / "metrics", runs), out, baselines=write_dir(tmp_path / "b", baselines))
+    text = (out / "report.md").read_text(encoding="utf8")
+    assert "Every spec run trained 150 updates; a baseline row names its own budget where recorded." in text
+    assert row(text, "spaCy CNN tok2vec (1,500 updates)")[4] == "2 (0, 1)"
+    assert row(text, "encoder")[0] == "encoder"  # 600 and 300: no single budget to name
+
+    runs["0000.seed0"]["max_steps"] = 300
+    report.main(write_dir(tmp_path / "metrics2", runs), out)
+    assert "Every spec run trained" not in (out / "report.md").read_text(encoding="utf8")
