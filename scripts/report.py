@@ -443,7 +443,8 @@ def markdown_report(specs: dict[str, Summary], baselines: dict[str, Summary] | N
 
 def draw_heatmap(specs: dict[str, Summary], path: Path) -> Figure:
     """Groups (y, group 1 at the bottom) by configurations (x); unmasked cells coloured by mean F1,
-    mean ± SD above each column, marked where the difference to the causal spec exceeds the seed spread.
+    F1 mean ± SD above each column, marked where the difference to the causal spec exceeds the seed
+    spread, and above it P and R (mean ± SD) in grey.
     Only plain specs are drawn (variant rows are left out); ValueError without any."""
     specs = plain_specs(specs)
     if not specs:
@@ -458,7 +459,7 @@ def draw_heatmap(specs: dict[str, Summary], path: Path) -> Figure:
     causal = specs.get("0" * m)
     with_sd = any(s.f.sd is not None for s in specs.values())
 
-    fig = Figure(figsize=(max(4.5, 0.6 * len(names) + 2.5), 0.5 * m + (3.3 if with_sd else 2.8)), layout="constrained")
+    fig = Figure(figsize=(max(4.5, 0.6 * len(names) + 2.5), 0.5 * m + (4.0 if with_sd else 3.3)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
@@ -489,6 +490,18 @@ def draw_heatmap(specs: dict[str, Summary], path: Path) -> Figure:
             fontweight="bold" if x == best else "normal",
             annotation_clip=False,
         )
+        p, r = specs[spec].p, specs[spec].r
+        ax.annotate(
+            f"P {p.text()}\nR {r.text()}".replace(" ± ", "±"),
+            (x, m - 0.5),
+            xytext=(0, 3 + (19 if stat.sd is not None else 10)),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=6 if len(names) > 8 else 7,
+            color="dimgray",
+            annotation_clip=False,
+        )
     ax.get_xticklabels()[best].set_fontweight("bold")
     ax.get_xticklabels()[best].set_color("crimson")
     outline = Rectangle((best - 0.5, -0.5), 1, m, fill=False, edgecolor="crimson", linewidth=2, clip_on=False)
@@ -500,7 +513,7 @@ def draw_heatmap(specs: dict[str, Summary], path: Path) -> Figure:
         seeds = f"mean of {n_seeds[0]} seeds"
     else:
         seeds = f"{n_seeds[0]}-{n_seeds[-1]} seeds per spec"
-    ax.set_title(f"F1 by unmasked layer groups ({seeds})", pad=30 if with_sd else 16)
+    ax.set_title(f"F1 by unmasked layer groups ({seeds}; P and R in grey)", pad=52 if with_sd else 34)
     if causal is not None and with_sd:
         ax.set_xlabel(f"{ax.get_xlabel()}\n{MARK}: |Δ vs {'0' * m}| > SD(spec) + SD({'0' * m}) over seeds")
     path.parent.mkdir(parents=True, exist_ok=True)

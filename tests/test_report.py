@@ -139,9 +139,14 @@ def test_heatmap_marks_only_columns_beyond_the_spread(report, tmp_path):
     specs = report.normalise_specs(sweep_runs())
     fig = report.draw_heatmap(specs, tmp_path / "heatmap.png")
     (ax,) = [a for a in fig.axes if a.get_xlabel()]
-    labels = {t.get_text().split("\n")[0]: t.get_text() for t in ax.texts}
+    f1_texts = [t for t in ax.texts if not t.get_text().startswith("P ")]
+    labels = {t.get_text().split("\n")[0]: t.get_text() for t in f1_texts}
     mean = {spec: f"{100 * statistics.fmean(values):.1f}" for spec, values in F1.items()}
     sd = {spec: f"{100 * statistics.stdev(values):.1f}" for spec, values in F1.items()}
+    # P and R over each column, mean±SD from the statistics module (one seed: the value alone)
+    pr = [t.get_text() for t in ax.texts if t.get_text().startswith("P ")]
+    oracle = {spec: mean_sd(P[spec]).replace(" ± ", "±") + "\nR " + mean_sd(R[spec]).replace(" ± ", "±") for spec in F1}
+    assert pr == [f"P {oracle[spec]}" for spec in ("0000", "0001", "0011")] + ["P 56.0\nR 49.1"]
     assert labels == {
         mean["0000"]: f"{mean['0000']}\n±{sd['0000']}",
         mean["0001"]: f"{mean['0001']}\n±{sd['0001']}",
@@ -149,7 +154,7 @@ def test_heatmap_marks_only_columns_beyond_the_spread(report, tmp_path):
         "52.3": "52.3",  # one seed: no SD line, no mark
     }
     assert [lbl.get_text() for lbl in ax.get_xticklabels()] == ["0000", "0001", "0011", "1111"]
-    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec)"
+    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec; P and R in grey)"
     assert ax.get_xlabel().endswith("†: |Δ vs 0000| > SD(spec) + SD(0000) over seeds")
 
 
@@ -332,10 +337,10 @@ def test_heatmap_leaves_out_variant_rows(report, tmp_path):
     ticks = [lbl.get_text() for lbl in ax.get_xticklabels()]
     assert ticks == ["0000", "0001", "0011", "1111"]  # one column per plain spec
     assert ax.get_images()[0].get_array().shape == (4, 4)  # groups x plain specs
-    assert len(ax.texts) == 4
+    assert len(ax.texts) == 8  # F1, and P and R, over each of the 4 columns
     # the outlined best column is the best plain spec, though a variant has the best F1 overall
     assert [lbl.get_text() for lbl in ax.get_xticklabels() if lbl.get_color() == "crimson"] == ["0011"]
-    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec)"
+    assert ax.get_title() == "F1 by unmasked layer groups (1-3 seeds per spec; P and R in grey)"
 
 
 def test_only_variant_labels_report_without_heatmap(report, tmp_path):
