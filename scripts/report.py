@@ -185,7 +185,8 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
     steps = [number(run.get("max_steps")) for run in runs]
     cpu = [number(run.get("train_cpu_seconds")) for run in runs]
     # the cost per update never mixes CPU and wall time: CPU time where any seed recorded it
-    costs = cpu if any(t is not None for t in cpu) else times
+    cpu_timed = any(t is not None for t in cpu)
+    costs = cpu if cpu_timed else times
     per_update = [t / n for t, n in zip(costs, steps, strict=True) if t is not None and n is not None and n > 0]
     timed = [t for t in times if t is not None]
     return Summary(
@@ -198,7 +199,7 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> Summary:
         per_update=Stat.of(per_update) if per_update else None,
         train_seconds=sum(timed),
         timed=len(timed),
-        wall_timed=costs is times and bool(per_update),
+        wall_timed=not cpu_timed and bool(per_update),
         updates=budget(steps),
     )
 

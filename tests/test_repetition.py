@@ -57,14 +57,16 @@ def test_repeat_with_num_layers_on_other_families_equals_the_stock_truncated_mod
     nlp.initialize()
     model = AutoModel.from_pretrained(str(base), torch_dtype=torch.float32).eval()
     model.layers = model.layers[:2]
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
     for text in TEXTS:
-        data = nlp(text)._.trf_data
+        doc = nlp(text)
+        data = doc._.trf_data
         ids = data.wordpieces.input_ids[0, : data.wordpieces.lengths[0]]
-        n = len(AutoTokenizer.from_pretrained(str(base))(text, add_special_tokens=False)["input_ids"])
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         assert len(ids) - 2 * n in (0, 1) and (ids[-n:] == ids[-2 * n : -n]).all()
         with torch.no_grad():
             expected = model(torch.from_numpy(ids[None]), use_cache=False).last_hidden_state[0].numpy()
-        numpy.testing.assert_allclose(features(nlp(text))[0], expected, rtol=1e-4, atol=1e-5)
+        numpy.testing.assert_allclose(features(doc)[0], expected, rtol=1e-4, atol=1e-5)
         assert data.align.dataXd.min() >= len(ids) - n
 
 
